@@ -1,0 +1,170 @@
+"""Turn an ESPnet Conformer/Transformer encoder's feed-forward modules into MoE FFNs.
+
+The base encoder is built exactly as ESPnet builds it; afterwards each selected
+``PositionwiseFeedForward`` is replaced by a :class:`MoEFeedForward` whose experts keep its
+width, activation and dropout.  Switch encoders give every MoE FFN its own router; Omni-router
+encoders own ``router_groups`` routers (1 by default) that consecutive MoE FFNs share.
+"""
+import inspect
+from typing import List, Optional
+
+import torch
+from espnet.nets.pytorch_backend.transformer.positionwise_feed_forward import (
+    PositionwiseFeedForward,
+)
+
+from espnet_omnirouter.moe import Experts, LayerRouting, MoEFeedForward, Router
+from espnet_omnirouter.signature import publish_signature
+
+# FFN attributes of ESPnet's EncoderLayer, in the order the layer runs them.
+_MACARON_FFN = "feed_forward_macaron"
+_FFN = "feed_forward"
+
+
+def _set_pad_mask(block: torch.nn.Module, args) -> None:
+    """Forward pre-hook of an encoder block: hand its padding mask to its MoE FFNs.
+
+    ESPnet's EncoderLayer is called as ``layer(x, mask)`` with mask ``[B, 1, T]`` (or
+    ``[B, T, T]``), True = attend; a frame is real when any query may attend to it.
+    """
+    mask = args[1]
+    valid = None if mask is None else mask.any(dim=1)
+    for module in block.children():
+        if isinstance(module, MoEFeedForward):
+            module.pad_mask = valid
+
+
+def _clear_pad_mask(block: torch.nn.Module, args, output) -> None:
+    for module in block.children():
+        if isinstance(module, MoEFeedForward):
+            module.pad_mask = None
+
+
+class MoEEncoderMixin:
+    """Mixin placed before an ESPnet encoder class; see the module docstring.
+
+    MoE keys (every other key goes to the ESPnet encoder):
+        num_experts: experts per MoE FFN (>= 1).
+        moe_layers: 0-based block indices whose FFNs become MoE (None = every block).
+        top_k: experts per frame (1 = Switch routing).
+        router_jitter: multiplicative router-input jitter at training time (0 = off).
+        capacity_factor: None = dropless (default); else expert capacity at training time.
+        moe_macaron: also convert the macaron FFN of Conformer blocks.
+        router_groups: Omni-router only: number of routers shared by consecutive groups of
+            MoE FFNs (1 = one router for all, the paper's Omni-router).
+    """
+
+    shared_router = False  # Switch: each MoE FFN owns its router
+
+    def __init__(
+        self,
+        input_size: int,
+        num_experts: int = 8,
+        moe_layers: Optional[List[int]] = None,
+        top_k: int = 1,
+        router_jitter: float = 0.0,
+        capacity_factor: Optional[float] = None,
+        moe_macaron: bool = True,
+        router_groups: Optional[int] = None,
+        **encoder_kwargs,
+    ):
+        if num_experts < 1:
+            raise ValueError(f"encoder_conf.num_experts must be >= 1, got {num_experts}")
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(f"encoder_conf.top_k must be in [1, num_experts={num_experts}], got {top_k}")
+        if capacity_factor is not None and capacity_factor <= 0:
+            raise ValueError(f"encoder_conf.capacity_factor must be > 0 or null, got {capacity_factor}")
+        if not 0.0 <= router_jitter < 1.0:
+            raise ValueError(f"encoder_conf.router_jitter must be in [0, 1), got {router_jitter}")
+        super().__init__(input_size, **encoder_kwargs)
+
+        blocks = list(self.encoders)
+        if moe_layers is None:
+            moe_layers = list(range(len(blocks)))
+        bad = [i for i in moe_layers if not 0 <= i < len(blocks)]
+        if bad or len(set(moe_layers)) != len(moe_layers):
+            raise ValueError(
+                f"encoder_conf.moe_layers must be distinct block indices in [0, {len(blocks) - 1}], got {moe_layers}"
+            )
+        names = []  # qualified names of the MoE FFNs, in execution order
+        for i in sorted(moe_layers):
+            attrs = [_MACARON_FFN, _FFN] if moe_macaron else [_FFN]
+            names += [f"encoders.{i}.{a}" for a in attrs if getattr(blocks[i], a, None) is not None]
+        if not names:
+            raise ValueError("encoder_conf.moe_layers selects no feed-forward module to convert")
+
+        if self.shared_router:
+            groups = 1 if router_groups is None else router_groups
+            if groups < 1 or len(names) % groups:
+                raise ValueError(
+                    f"encoder_conf.router_groups must divide the {len(names)} MoE FFNs, got {router_groups}"
+                )
+        elif router_groups is not None:
+            raise ValueError(
+                "encoder_conf.router_groups is for omni_router_* encoders; switch_* encoders have one router per MoE FFN"
+            )
+        else:
+            groups = len(names)
+
+        d_model = self.output_size()
+        routers = [Router(d_model, num_experts, top_k, router_jitter) for _ in range(groups)]
+        if self.shared_router:
+            self.routers = torch.nn.ModuleList(routers)
+        per_group = len(names) // groups
+        for j, name in enumerate(names):
+            parent, attr = name.rsplit(".", 1)
+            block = self.get_submodule(parent)
+            ffn = getattr(block, attr)
+            if not isinstance(ffn, PositionwiseFeedForward):
+                raise ValueError(
+                    f"encoder_conf.positionwise_layer_type must be 'linear' for MoE; "
+                    f"{name} is {type(ffn).__name__}"
+                )
+            experts = Experts(
+                num_experts,
+                d_model,
+                ffn.w_1.out_features,
+                ffn.activation,
+                ffn.dropout.p,
+            )
+            moe = MoEFeedForward(
+                routers[j // per_group], experts, capacity_factor, own_router=not self.shared_router
+            )
+            setattr(block, attr, moe)
+        for i in sorted(set(int(n.split(".")[1]) for n in names)):
+            blocks[i].register_forward_pre_hook(_set_pad_mask)
+            blocks[i].register_forward_hook(_clear_pad_mask)
+        self.moe_names = names
+
+    def moe_ffns(self) -> List[MoEFeedForward]:
+        """The MoE FFNs in execution order."""
+        return [self.get_submodule(n) for n in self.moe_names]
+
+    def moe_records(self) -> List[Optional[LayerRouting]]:
+        """Each MoE FFN's routing in the last forward (None: the layer was skipped)."""
+        return [m.last for m in self.moe_ffns()]
+
+    def forward(self, xs_pad: torch.Tensor, ilens: torch.Tensor, *args, **kwargs):
+        """ESPnet's encoder forward; MoE routing records are reset first."""
+        for m in self.moe_ffns():
+            m.last = None
+        return super().forward(xs_pad, ilens, *args, **kwargs)
+
+
+def moe_signature(cls):
+    """Class decorator: publish ``input_size``, the MoE keys, then every keyword of the
+    ESPnet base encoder, so that ``--print_config`` lists them all."""
+    base = next(c for c in cls.__mro__[1:] if not issubclass(c, MoEEncoderMixin))
+    mixin = inspect.signature(MoEEncoderMixin.__init__).parameters
+    skip = {"self", "input_size", "encoder_kwargs"}
+    if not cls.shared_router:
+        skip.add("router_groups")
+    if "macaron_style" not in inspect.signature(base.__init__).parameters:
+        skip.add("moe_macaron")
+    own = [
+        p.replace(default=1) if p.name == "router_groups" else p
+        for n, p in mixin.items()
+        if n not in skip
+    ]
+    publish_signature(cls, base, own, leading=[mixin["input_size"]])
+    return cls

@@ -1,0 +1,141 @@
+"""Top-k Mixture-of-Experts feed-forward layer (torch only).
+
+The layer does not necessarily own its router: a Switch layer owns one, while the
+Omni-router layers of an encoder share one router module that the encoder owns.  That is
+the only difference between the two; the dispatch code is the same.
+"""
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from espnet_omnirouter.moe.experts import Experts
+from espnet_omnirouter.moe.router import Router, Routing
+
+
+@dataclass
+class LayerRouting:
+    """What one MoE layer did in its last forward, for losses, statistics and analysis.
+
+    Attributes:
+        routing: the routing of the ``N`` non-padded frames (tensors keep their graph).
+        valid: ``[B, T]`` bool mask of the frames that were routed (True = real frame),
+            or None when the input had no padding mask; ``routing`` rows follow the
+            row-major order of the True entries.
+        dropped: scalar int64, number of (frame, choice) assignments over capacity.
+    """
+
+    routing: Routing
+    valid: Optional[torch.Tensor]
+    dropped: torch.Tensor
+
+
+class MoEFeedForward(nn.Module):
+    """Replace a position-wise FFN by ``E`` experts and a top-k router.
+
+    ``y = sum_j gate_j * FFN_{expert_j}(x)`` for each non-padded frame; padded frames
+    and frames dropped by the capacity limit get 0 (so a residual connection passes them).
+
+    Args:
+        router: the router; registered as a submodule only when ``own_router`` is True.
+        experts: the experts.
+        capacity_factor: None for dropless routing (default); otherwise each expert takes
+            at most ``ceil(capacity_factor * N * k / E)`` assignments per forward at
+            training time, first choices of all frames before second choices, earlier
+            frames first.  Evaluation is always dropless so that decoding does not depend
+            on the batch.
+        own_router: True for a layer-private router (Switch); False when the router is
+            owned, and saved, by a parent module (Omni-router).
+    """
+
+    def __init__(
+        self,
+        router: Router,
+        experts: Experts,
+        capacity_factor: Optional[float] = None,
+        own_router: bool = True,
+    ):
+        super().__init__()
+        if capacity_factor is not None and capacity_factor <= 0:
+            raise ValueError(f"capacity_factor must be > 0 or null, got {capacity_factor}")
+        if router.num_experts != experts.num_experts:
+            raise ValueError(
+                f"router has {router.num_experts} experts but Experts has {experts.num_experts}"
+            )
+        if own_router:
+            self.router = router
+        else:
+            # A plain attribute: not a submodule, so it is neither saved nor moved twice.
+            self.__dict__["router"] = router
+        self.experts = experts
+        self.capacity_factor = capacity_factor
+        # Padding mask for the next forward, set by an encoder whose layers call
+        # feed_forward(x) without a mask.  [B, T] bool, True = real frame.
+        self.pad_mask: Optional[torch.Tensor] = None
+        self.last: Optional[LayerRouting] = None
+
+    def capacity(self, num_frames: int) -> Optional[int]:
+        """Assignments each expert may take for ``num_frames`` frames (None: unlimited)."""
+        if self.capacity_factor is None or not self.training:
+            return None
+        k, e = self.router.top_k, self.router.num_experts
+        return math.ceil(self.capacity_factor * num_frames * k / e)
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Args:
+            x: ``[B, T, d]`` (or any ``[..., d]``).
+            mask: ``[B, T]`` bool, True = real frame; defaults to ``self.pad_mask``,
+                then to all frames.
+
+        Returns:
+            ``[B, T, d]``, zero on padded and dropped frames.
+        """
+        if mask is None:
+            mask = self.pad_mask
+        flat = x.reshape(-1, x.shape[-1])
+        if mask is None:
+            frames, index = flat, None
+        else:
+            if mask.shape != x.shape[:-1]:
+                raise ValueError(
+                    f"MoE padding mask has shape {tuple(mask.shape)}, expected {tuple(x.shape[:-1])}"
+                )
+            index = mask.reshape(-1).nonzero().squeeze(1)
+            frames = flat.index_select(0, index)
+        routing = self.router(frames)
+        out, dropped = self._dispatch(frames, routing)
+        self.last = LayerRouting(routing=routing, valid=mask, dropped=dropped)
+        if index is not None:
+            out = out.new_zeros(flat.shape).index_copy(0, index, out)
+        return out.view(x.shape)
+
+    def _dispatch(self, frames: torch.Tensor, routing: Routing):
+        """Sort the (frame, choice) assignments by expert and run the experts.
+
+        Returns the ``[N, d]`` combined output and the number of dropped assignments.
+        """
+        num_frames = frames.shape[0]
+        num_experts = self.router.num_experts
+        # k-major flattening: all first choices, then all second choices, ...
+        expert = routing.expert.t().reshape(-1)
+        gate = routing.gate.t().reshape(-1)
+        token = torch.arange(num_frames, device=frames.device).repeat(routing.expert.shape[1])
+        order = torch.argsort(expert, stable=True)
+        sorted_expert = expert[order]
+        counts = torch.bincount(expert, minlength=num_experts)
+        dropped = counts.new_zeros(())
+        capacity = self.capacity(num_frames)
+        if capacity is not None:
+            first = counts.cumsum(0) - counts
+            keep = torch.arange(order.numel(), device=order.device) - first[sorted_expert] < capacity
+            order, sorted_expert = order[keep], sorted_expert[keep]
+            kept = counts.clamp(max=capacity)
+            dropped = (counts - kept).sum()
+            counts = kept
+        sorted_token = token[order]
+        y = self.experts(frames.index_select(0, sorted_token), counts, sorted_expert)
+        y = y * gate[order].unsqueeze(1).to(y.dtype)
+        out = frames.new_zeros(num_frames, frames.shape[1], dtype=y.dtype)
+        return out.index_add_(0, sorted_token, y), dropped
