@@ -1,0 +1,206 @@
+"""ESPnet adapters: encoders, registration, model build from the YAMLs in conf/."""
+import argparse
+import glob
+import inspect
+import os
+
+import pytest
+import torch
+import yaml
+from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
+from espnet2.asr.encoder.transformer_encoder import TransformerEncoder
+from espnet2.tasks.asr import ASRTask, encoder_choices, model_choices
+
+import espnet_omnirouter  # noqa: F401
+from espnet_omnirouter.encoders import (
+    OmniRouterConformerEncoder,
+    OmniRouterTransformerEncoder,
+    SwitchConformerEncoder,
+    SwitchTransformerEncoder,
+)
+from espnet_omnirouter.moe import MoEFeedForward
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = dict(output_size=16, attention_heads=2, linear_units=32, num_blocks=3, input_layer="conv2d")
+CONFORMER = dict(SMALL, macaron_style=True, rel_pos_type="latest", cnn_module_kernel=5)
+# ESPnet's own dense encoders depend on the batch in two places that are not ours: conv2d
+# subsampling counts 1-2 padded frames as real, and the Conformer convolution module runs
+# without a padding mask.  Batch-invariance tests therefore use linear input and no
+# convolution module, which makes ESPnet's dense encoders exactly batch-invariant.
+EXACT_TRANSFORMER = dict(SMALL, input_layer="linear")
+EXACT_CONFORMER = dict(CONFORMER, input_layer="linear", use_cnn_module=False)
+
+
+def router_keys(module):
+    return [k for k in module.state_dict() if "router" in k]
+
+
+def test_registered_names():
+    assert encoder_choices.classes["switch_conformer"] is SwitchConformerEncoder
+    assert encoder_choices.classes["omni_router_conformer"] is OmniRouterConformerEncoder
+    assert encoder_choices.classes["switch_transformer"] is SwitchTransformerEncoder
+    assert encoder_choices.classes["omni_router_transformer"] is OmniRouterTransformerEncoder
+    assert model_choices.classes["moe_espnet"].__name__ == "MoEASRModel"
+
+
+def test_signature_lists_espnet_and_moe_keys():
+    params = inspect.signature(OmniRouterConformerEncoder).parameters
+    for key in ("num_experts", "router_groups", "moe_macaron", "cnn_module_kernel", "rel_pos_type"):
+        assert key in params
+    assert "router_groups" not in inspect.signature(SwitchConformerEncoder).parameters
+    assert "moe_macaron" not in inspect.signature(SwitchTransformerEncoder).parameters
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, n_moe",
+    [
+        (SwitchConformerEncoder, CONFORMER, 6),
+        (OmniRouterConformerEncoder, CONFORMER, 6),
+        (SwitchConformerEncoder, dict(CONFORMER, moe_macaron=False, moe_layers=[0, 2]), 2),
+        (SwitchTransformerEncoder, SMALL, 3),
+        (OmniRouterTransformerEncoder, SMALL, 3),
+    ],
+)
+def test_router_ownership(cls, kwargs, n_moe):
+    enc = cls(20, num_experts=4, **kwargs)
+    assert len(enc.moe_ffns()) == n_moe
+    keys = router_keys(enc)
+    if cls.shared_router:
+        assert keys == ["routers.0.weight"]
+        assert all(m.router is enc.routers[0] for m in enc.moe_ffns())
+    else:
+        assert len(keys) == n_moe and len({id(m.router) for m in enc.moe_ffns()}) == n_moe
+
+
+def test_router_groups():
+    enc = OmniRouterConformerEncoder(20, num_experts=4, router_groups=3, **CONFORMER)
+    assert router_keys(enc) == [f"routers.{i}.weight" for i in range(3)]
+    ffns = enc.moe_ffns()  # 6 FFNs, 2 per group, consecutive
+    assert [list(enc.routers).index(m.router) for m in ffns] == [0, 0, 1, 1, 2, 2]
+
+
+def test_strict_state_dict_roundtrip():
+    a = OmniRouterConformerEncoder(20, num_experts=4, **CONFORMER)
+    b = OmniRouterConformerEncoder(20, num_experts=4, **CONFORMER)
+    b.load_state_dict(a.state_dict(), strict=True)
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+
+
+@pytest.mark.parametrize(
+    "cls", [SwitchConformerEncoder, OmniRouterConformerEncoder, SwitchTransformerEncoder, OmniRouterTransformerEncoder]
+)
+def test_batching_does_not_change_eval_output(cls):
+    torch.manual_seed(0)
+    kwargs = EXACT_CONFORMER if "Conformer" in cls.__name__ else EXACT_TRANSFORMER
+    enc = cls(20, num_experts=4, **kwargs).eval()
+    for r in [r for r in enc.modules() if hasattr(r, "weight") and r.__class__.__name__ == "Router"]:
+        torch.nn.init.normal_(r.weight, std=1.0)  # make routing sensitive to any leak
+    short, long_ = torch.randn(1, 40, 20), torch.randn(1, 90, 20)
+    with torch.no_grad():
+        alone, olen, _ = enc(short, torch.tensor([40]))
+        batch = torch.zeros(2, 90, 20)
+        batch[0, :40], batch[1] = short[0], long_[0]
+        both, olens, _ = enc(batch, torch.tensor([40, 90]))
+    n = int(olen[0])
+    assert int(olens[0]) == n
+    torch.testing.assert_close(both[0, :n], alone[0, :n], atol=1e-5, rtol=1e-5)
+    # Padded frames never reach the router.
+    assert all(r.routing.expert.shape[0] == int(olens.sum()) for r in enc.moe_records())
+
+
+@pytest.mark.parametrize(
+    "moe_cls, dense_cls, kwargs, lengths",
+    [
+        (SwitchConformerEncoder, ConformerEncoder, CONFORMER, [50, 50]),
+        (OmniRouterConformerEncoder, ConformerEncoder, CONFORMER, [50, 50]),
+        (OmniRouterConformerEncoder, ConformerEncoder, EXACT_CONFORMER, [50, 33]),
+        (SwitchTransformerEncoder, TransformerEncoder, SMALL, [50, 33]),
+        (OmniRouterTransformerEncoder, TransformerEncoder, SMALL, [50, 33]),
+    ],
+)
+def test_one_expert_equals_dense_encoder(moe_cls, dense_cls, kwargs, lengths):
+    """With E = 1 the gate is 1 and the MoE encoder is ESPnet's dense encoder.  (On padded
+    batches ESPnet's Conformer convolution sees the FFN output of padded frames, which is
+    0 for MoE; hence full-length inputs there.)"""
+    torch.manual_seed(0)
+    dense = dense_cls(20, **kwargs).eval()
+    moe = moe_cls(20, num_experts=1, **kwargs).eval()
+    state = {}
+    for key, value in dense.state_dict().items():
+        prefix, _, leaf = key.rpartition(".")
+        if prefix.endswith(("feed_forward.w_1", "feed_forward.w_2", "feed_forward_macaron.w_1", "feed_forward_macaron.w_2")):
+            ffn, lin = prefix.rsplit(".", 1)
+            n = lin[-1]
+            state[f"{ffn}.experts.{'w' if leaf == 'weight' else 'b'}{n}"] = (
+                value.t().unsqueeze(0) if leaf == "weight" else value.unsqueeze(0)
+            )
+        else:
+            state[key] = value
+    missing, unexpected = moe.load_state_dict(state, strict=False)
+    assert unexpected == []
+    assert all("router" in k for k in missing)
+    x = torch.randn(2, 50, 20)
+    ilens = torch.tensor(lengths)
+    with torch.no_grad():
+        y_dense, l_dense, _ = dense(x, ilens)
+        y_moe, l_moe, _ = moe(x, ilens)
+    assert torch.equal(l_dense, l_moe)
+    for b in range(2):
+        n = int(l_dense[b])
+        torch.testing.assert_close(y_moe[b, :n], y_dense[b, :n], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(num_experts=0), "num_experts"),
+        (dict(num_experts=2, top_k=3), "top_k"),
+        (dict(router_groups=4), "router_groups"),
+        (dict(moe_layers=[0, 7]), "moe_layers"),
+        (dict(positionwise_layer_type="conv1d"), "positionwise_layer_type"),
+        (dict(capacity_factor=-1.0), "capacity_factor"),
+        (dict(router_jitter=-0.5), "router_jitter"),
+    ],
+)
+def test_encoder_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        OmniRouterConformerEncoder(20, **dict(CONFORMER, num_experts=kwargs.pop("num_experts", 4), **kwargs))
+
+
+def test_switch_rejects_router_groups():
+    with pytest.raises(ValueError, match="router_groups"):
+        SwitchConformerEncoder(20, num_experts=4, router_groups=2, **CONFORMER)
+
+
+@pytest.mark.parametrize("key", ["moe_aux_weight", "moe_zloss_weight"])
+def test_negative_weight_error(key, tmp_path):
+    config = os.path.join(ROOT, "conf", "tiny", "train_asr_omni_router_conformer.yaml")
+    args = build_args(config, tmp_path)
+    args.model_conf[key] = -1.0
+    with pytest.raises(ValueError, match=key):
+        ASRTask.build_model(args)
+
+
+def build_args(config, tmp_path):
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("\n".join(["<blank>", "<unk>", "A", "B", "<space>", "<sos/eos>"]) + "\n")
+    parser = ASRTask.get_parser()
+    return parser.parse_args(["--config", config, "--token_list", str(tokens), "--output_dir", str(tmp_path)])
+
+
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "conf", "train_*.yaml")) + glob.glob(os.path.join(ROOT, "conf", "tiny", "train_*.yaml")))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[os.path.relpath(c, ROOT) for c in CONFIGS])
+def test_build_model_from_conf(config, tmp_path):
+    with open(config) as f:
+        conf = yaml.safe_load(f)
+    model = ASRTask.build_model(build_args(config, tmp_path))
+    keys = router_keys(model.encoder)
+    if conf["encoder"].startswith("omni_router"):
+        assert len(keys) == conf["encoder_conf"].get("router_groups", 1)
+    elif conf["encoder"].startswith("switch"):
+        assert len(keys) == len(model.encoder.moe_ffns()) > 0
+    else:
+        assert keys == [] and not any(isinstance(m, MoEFeedForward) for m in model.modules())
