@@ -1,0 +1,105 @@
+"""Train, decode and reload through our entry points on a tiny data set (CPU)."""
+import glob
+import os
+import re
+import socket
+
+import pytest
+import torch
+
+import espnet_omnirouter  # noqa: F401  (a process that loads a model must register first)
+
+from tiny_asr_data import PYTHON, ROOT, run, train_args, write_data
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Train the tiny Switch Conformer 2 epochs; returns (data dir, exp dir, train log)."""
+    tmp = tmp_path_factory.mktemp("train")
+    data = write_data(str(tmp / "data"))
+    exp = str(tmp / "exp")
+    config = os.path.join(ROOT, "conf", "tiny", "train_asr_switch_conformer.yaml")
+    log = run(
+        [PYTHON, "-m", "espnet_omnirouter.bin.asr_train", *train_args(data, config, exp, "--max_epoch", "2")],
+        str(tmp / "train.log"),
+    )
+    return data, exp, log
+
+
+def test_training_log_has_aux_losses_and_usage_stats(trained):
+    _, exp, log = trained
+    for epoch in (1, 2):
+        line = next(l for l in log.splitlines() if f"{epoch}epoch results" in l)
+        for key in ("moe_lb_loss", "moe_z_loss", "loss_asr", "moe0_entropy", "moe3_max_frac", "moe3_drop_frac"):
+            assert re.search(rf"\b{key}=[-0-9.e]+", line), (key, line)
+        # Load balance is E * sum f P >= 1 (Cauchy-Schwarz bound is 1 at uniform use): a sanity range.
+        lb = float(re.search(r"moe_lb_loss=([-0-9.e]+)", line).group(1))
+        assert 0.9 <= lb <= 4.0
+    assert os.path.exists(os.path.join(exp, "2epoch.pth"))
+
+
+def test_checkpoint_reloads_strictly(trained):
+    from espnet2.tasks.asr import ASRTask
+
+    _, exp, _ = trained
+    model, _ = ASRTask.build_model_from_file(os.path.join(exp, "config.yaml"), None, "cpu")
+    state = torch.load(os.path.join(exp, "2epoch.pth"), map_location="cpu")
+    model.load_state_dict(state, strict=True)
+    assert type(model).__name__ == "MoEASRModel"
+    assert sum("router" in k for k in state) == 4  # 2 blocks x (macaron + FFN), one router each
+
+
+def test_decode_with_inference_entry_point(trained, tmp_path):
+    data, exp, _ = trained
+    model_file = sorted(glob.glob(os.path.join(exp, "*.pth")))[-1]
+    out = str(tmp_path / "decode")
+    run(
+        [
+            PYTHON, "-m", "espnet_omnirouter.bin.asr_inference",
+            "--asr_train_config", os.path.join(exp, "config.yaml"),
+            "--asr_model_file", model_file,
+            "--data_path_and_name_and_type", f"{data}/wav.scp,speech,sound",
+            "--output_dir", out,
+            "--ngpu", "0",
+            "--batch_size", "1",
+            "--beam_size", "2",
+            "--ctc_weight", "0.3",
+        ],
+        str(tmp_path / "decode.log"),
+    )
+    with open(os.path.join(out, "1best_recog", "text")) as f:
+        hyps = dict(line.rstrip("\n").partition(" ")[::2] for line in f)
+    with open(os.path.join(data, "wav.scp")) as f:
+        utts = [line.split()[0] for line in f]
+    assert sorted(hyps) == sorted(utts)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_cpu_processes_with_idle_experts(tmp_path):
+    """gloo DDP, 2 processes; 64 experts for ~2x25 frames per step, so most experts get no
+    frame in every step: stacked expert weights keep DDP from seeing unused parameters."""
+    data = write_data(str(tmp_path / "data"), num_utts=8)
+    config = os.path.join(ROOT, "conf", "tiny", "train_asr_switch_conformer.yaml")
+    exp = str(tmp_path / "exp")
+    log = run(
+        [
+            PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+            "-m", "espnet_omnirouter.bin.asr_train",
+            *train_args(data, config, exp, "--max_epoch", "1", "--encoder_conf", "num_experts=64"),
+            "--multiprocessing_distributed", "false",
+            "--dist_backend", "gloo",
+        ],
+        str(tmp_path / "ddp.log"),
+    )
+    assert "find_unused_parameters" not in log
+    assert re.search(r"\[[^\]]*:0/2\]", log)  # ESPnet tags rank 0's log lines "[host:0/2]" (rank/world)
+    with open(os.path.join(exp, "config.yaml")) as f:
+        assert "num_experts: 64" in f.read()
+    assert os.path.exists(os.path.join(exp, "1epoch.pth"))
+    line = next(l for l in log.splitlines() if "1epoch results" in l)
+    assert "moe_lb_loss=" in line
