@@ -7,7 +7,7 @@ import zipfile
 import pytest
 import torch
 
-from tiny_asr_data import PYTHON, ROOT, run, train_args, write_data
+from tiny_asr_data import PYTHON, ROOT, run
 
 # Runs in a fresh Python process: nothing is registered beforehand except what the loader
 # does.  Decodes every utterance with each model given (zip, unpacked dir, exp dir).
@@ -25,14 +25,10 @@ print(json.dumps(out))
 
 
 @pytest.fixture(scope="module")
-def packed(tmp_path_factory):
-    """A tiny Omni-router model trained 1 epoch and packed; returns (data, exp, zip)."""
+def packed(tiny_omni, tmp_path_factory):
+    """The tiny Omni-router model, packed; returns (data, exp, zip)."""
+    data, exp = tiny_omni
     tmp = tmp_path_factory.mktemp("hub")
-    data = write_data(str(tmp / "data"), num_utts=8)
-    exp = str(tmp / "exp")
-    config = os.path.join(ROOT, "conf", "tiny", "train_asr_omni_router_conformer.yaml")
-    run([PYTHON, "-m", "espnet_omnirouter.bin.asr_train", *train_args(data, config, exp, "--max_epoch", "1")],
-        str(tmp / "train.log"))
     zip_path = str(tmp / "model.zip")
     run(
         [PYTHON, "-m", "espnet2.bin.pack", "asr", "--asr_train_config", os.path.join(exp, "config.yaml"),
