@@ -189,7 +189,12 @@ def build_args(config, tmp_path):
     return parser.parse_args(["--config", config, "--token_list", str(tokens), "--output_dir", str(tmp_path)])
 
 
-CONFIGS = sorted(glob.glob(os.path.join(ROOT, "conf", "train_*.yaml")) + glob.glob(os.path.join(ROOT, "conf", "tiny", "train_*.yaml")))
+CONFIGS = sorted({
+    os.path.realpath(c)
+    for c in glob.glob(os.path.join(ROOT, "conf", "train_*.yaml"))
+    + glob.glob(os.path.join(ROOT, "conf", "tiny", "train_*.yaml"))
+    + glob.glob(os.path.join(ROOT, "egs2", "*", "asr1", "conf", "train_*.yaml"))
+})
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[os.path.relpath(c, ROOT) for c in CONFIGS])
