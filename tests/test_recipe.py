@@ -1,0 +1,348 @@
+"""The pip-only recipe: egs2/TEMPLATE/asr1/asr.sh driven by egs2/synth_en/asr1/run.sh.
+
+One shared tiny run (module fixture, a few minutes on 2 CPU cores): the real local/data.sh makes
+a tiny corpus, then run.sh runs stages 1-4 (``--stop_stage 4``) and, as a second call, stages 5-8
+with conf/tiny/train_asr_omni_router_conformer.yaml for one epoch.  Further tests decode again
+with ``--stage 6`` and check stage 2's handling of broken data on handmade data dirs.
+"""
+
+import os
+import re
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "egs2" / "synth_en" / "asr1"
+TEMPLATE = REPO / "egs2" / "TEMPLATE" / "asr1"
+PYTHON = sys.executable
+
+ALL_SETS = ["train", "dev", "test_seen", "test_unseen_voice", "test_noisy", "test_tempo",
+            "test_real"]
+TEST_SETS = ALL_SETS[2:]
+TABLE_HEADER = "|dataset|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err|"
+COMMON = [
+    "--python", PYTHON,
+    "--asr_config", "conf/tiny/train_asr_omni_router_conformer.yaml",
+    "--inference_config", "conf/tiny/decode_asr.yaml",
+    "--asr_args", "--max_epoch 1",
+    "--nj", "2",
+    "--local_data_opts", "--train_hours 0.01 --dev_utts 6 --test_utts 4",
+    # an untrained model babbles until the maximum length: maxlenratio 0.0 (conf/tiny) allows one
+    # token per encoder frame (25 per second); 0.3 still allows ~7 tokens per second of speech
+    "--inference_args", "--maxlenratio 0.3",
+]
+DECODE_TAG = "decode_asr_asr_model_valid.loss.ave_maxlenratio0.3"
+
+
+def make_recipe_dir(root: Path) -> Path:
+    """A copy of egs2/synth_en/asr1 made of links to the repository's files."""
+    d = root / "egs2" / "synth_en" / "asr1"
+    d.mkdir(parents=True)
+    for name in ("run.sh", "asr.sh", "pyscripts", "conf", "local"):
+        assert (RECIPE / name).exists(), f"recipe file {RECIPE / name} is missing"
+        (d / name).symlink_to(RECIPE / name)
+    return d
+
+
+def run(cwd: Path, cmd, timeout=600):
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=timeout)
+    proc.elapsed = time.time() - t0
+    return proc
+
+
+def ok(proc):
+    assert proc.returncode == 0, f"exit {proc.returncode}:\n{proc.stdout[-6000:]}"
+    return proc.stdout
+
+
+def read_kaldi(path: Path):
+    out = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        parts = line.split(maxsplit=1)
+        if parts:
+            out[parts[0]] = parts[1] if len(parts) > 1 else ""
+    return out
+
+
+def training_dirs(d: Path):
+    return sorted(p for p in (d / "exp").glob("asr_*") if not p.name.startswith("asr_stats"))
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    d = make_recipe_dir(tmp_path_factory.mktemp("recipe"))
+    # one decoding job per test set here (ESPnet's start-up costs ~9 CPU-s per process);
+    # the --stage 6 test below decodes with 2 jobs
+    first = run(d, ["./run.sh", *COMMON, "--inference_nj", "1", "--stop_stage", "4"])
+    after_stage4 = training_dirs(d)
+    stats_files = sorted(str(p.relative_to(d)) for p in (d / "exp").rglob("feats_stats.npz"))
+    second = run(d, ["./run.sh", *COMMON, "--inference_nj", "1", "--stage", "5"])
+    print(f"\nrecipe timings: stages 1-4 {first.elapsed:.1f} s, stages 5-8 {second.elapsed:.1f} s")
+    return {"dir": d, "first": first, "second": second, "after_stage4": after_stage4,
+            "stats_after_stage4": stats_files}
+
+
+@pytest.fixture(scope="module")
+def exp(recipe):
+    ok(recipe["second"])
+    dirs = training_dirs(recipe["dir"])
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def test_stop_stage_4_stops_after_stats(recipe):
+    out = ok(recipe["first"])
+    d = recipe["dir"]
+    for n in (1, 2, 3, 4):
+        assert f"Stage {n}:" in out
+    assert "Stage 5:" not in out
+    assert recipe["after_stage4"] == [], "--stop_stage 4 created a training dir"
+    assert "exp/asr_stats_raw_bpe150/train/feats_stats.npz" in recipe["stats_after_stage4"]
+
+
+def test_data_and_format_stages(recipe):
+    ok(recipe["second"])
+    d = recipe["dir"]
+    for s in ALL_SETS:
+        for f in ("wav.scp", "text", "utt2spk"):
+            assert (d / "data" / s / f).is_file(), f"data/{s}/{f}"
+        raw = d / "dump" / "raw" / s
+        wavs = read_kaldi(raw / "wav.scp")
+        texts = read_kaldi(raw / "text")
+        nsamp = read_kaldi(raw / "utt2num_samples")
+        assert wavs and set(wavs) == set(texts) == set(nsamp) == set(read_kaldi(raw / "utt2spk"))
+        for utt, path in list(wavs.items())[:3]:
+            assert (d / path).parent.resolve() == (raw / "data").resolve()
+            info = sf.info(str(d / path))
+            assert (info.samplerate, info.channels) == (16000, 1)
+            assert info.frames == int(nsamp[utt])
+    n_train = len(read_kaldi(d / "data/train/wav.scp"))
+    assert f"[train] kept {n_train} of {n_train} utterances" in recipe["first"].stdout
+
+
+def test_token_list(recipe):
+    d = recipe["dir"]
+    tokens = (d / "data/token_list/bpe_unigram150/tokens.txt").read_text().splitlines()
+    assert tokens[:2] == ["<blank>", "<unk>"] and tokens[-1] == "<sos/eos>"
+    assert len(tokens) == len(set(tokens)) > 10
+    assert (d / "data/token_list/bpe_unigram150/bpe.model").stat().st_size > 0
+
+
+def test_stats(recipe):
+    d = recipe["dir"]
+    stats = d / "exp/asr_stats_raw_bpe150"
+    npz = np.load(stats / "train/feats_stats.npz")
+    assert {"count", "sum", "sum_square"} <= set(npz.files)
+    assert npz["sum"].shape == (40,)  # conf/tiny: n_mels 40
+    train_keys = set(read_kaldi(d / "dump/raw/train/wav.scp"))
+    for f in ("speech_shape", "text_shape", "text_shape.bpe"):
+        assert set(read_kaldi(stats / "train" / f)) == train_keys
+    ntok = len((d / "data/token_list/bpe_unigram150/tokens.txt").read_text().splitlines())
+    first = (stats / "train/text_shape.bpe").read_text().splitlines()[0]
+    assert first.endswith(f",{ntok}")
+
+
+def test_training_outputs(exp):
+    assert exp.name == "asr_tiny_train_asr_omni_router_conformer_raw_bpe150_max_epoch1"
+    assert (exp / "train.log").is_file()
+    assert (exp / "1epoch.pth").is_file()
+    assert (exp / "valid.loss.ave.pth").exists()  # conf/tiny: best_model_criterion valid.loss
+    config = (exp / "config.yaml").read_text()
+    assert "encoder: omni_router_conformer" in config
+    assert "max_epoch: 1" in config
+
+
+def test_decode_outputs_and_rtf(recipe, exp):
+    d = recipe["dir"]
+    dec = exp / DECODE_TAG
+    for s in TEST_SETS:
+        hyps = read_kaldi(dec / s / "text")
+        refs = read_kaldi(d / "dump/raw" / s / "text")
+        assert set(hyps) == set(refs), s
+        logs = sorted((dec / s / "logdir").glob("asr_inference.*.log"))
+        assert len(logs) == 1, logs  # --inference_nj 1
+        rtf = dict(line.split(": ", 1) for line in (dec / s / "rtf.txt").read_text().splitlines())
+        assert float(rtf["rtf_wall"]) > 0 and float(rtf["rtf_decode_only"]) > 0
+        assert int(rtf["utterances"]) == len(refs)
+        assert re.search(rf"RTF {s}: .* RTF \(wall\) [0-9.]+", recipe["second"].stdout)
+
+
+def test_scores_and_results_md(recipe, exp):
+    dec = exp / DECODE_TAG
+    for s in TEST_SETS:
+        for unit in ("wer", "cer"):
+            res = (dec / s / f"score_{unit}" / "result.txt").read_text()
+            assert "|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err|" in res
+            assert "| Sum/Avg |" in res
+    md = (exp / "RESULTS.md").read_text()
+    assert md.count(TABLE_HEADER) == 2
+    assert "### WER" in md and "### CER" in md
+    assert "- espnet version: `espnet 202511`" in md
+    assert "- pytorch version: `pytorch" in md
+    wer_part = md.split("### WER")[1].split("### CER")[0]
+    for s in TEST_SETS:
+        row = [line for line in wer_part.splitlines()
+               if line.startswith(f"|{DECODE_TAG}/{s}|")]
+        assert len(row) == 1, s
+        cells = row[0].strip("|").split("|")
+        assert len(cells) == 9
+        snt = len(read_kaldi(recipe["dir"] / "dump/raw" / s / "text"))
+        assert int(cells[1]) == snt
+        corr, sub, dele = (float(c) for c in cells[3:6])
+        assert abs(corr + sub + dele - 100.0) < 0.2
+
+
+def test_packed_model(recipe, exp):
+    z = exp / "asr_model.zip"
+    names = zipfile.ZipFile(z).namelist()
+    assert "meta.yaml" in names
+    rel = exp.relative_to(recipe["dir"])
+    # pack stores symlinks (valid.loss.ave.pth -> ... -> 1epoch.pth) under their target's name
+    model = os.path.relpath((exp / "valid.loss.ave.pth").resolve(), recipe["dir"].resolve())
+    for f in (f"{rel}/config.yaml", f"{rel}/RESULTS.md", model,
+              "data/token_list/bpe_unigram150/bpe.model",
+              "exp/asr_stats_raw_bpe150/train/feats_stats.npz"):
+        assert f in names, (f, names)
+    from espnet_model_zoo.downloader import ModelDownloader
+
+    files = ModelDownloader(str(recipe["dir"] / "zoo_cache")).download_and_unpack(str(z))
+    assert Path(files["asr_train_config"]).is_file()
+    assert Path(files["asr_model_file"]).is_file()
+
+
+def test_stage6_decodes_again_without_training(recipe, exp):
+    d = recipe["dir"]
+    ckpts = {p: p.stat().st_mtime_ns for p in exp.glob("*.pth")}
+    assert ckpts
+    train_log = (exp / "train.log").stat().st_mtime_ns
+    dec = exp / DECODE_TAG / "test_seen"
+    (dec / "text").unlink()
+    out = ok(run(d, ["./run.sh", *COMMON, "--stage", "6", "--test_sets", "test_seen",
+                     "--inference_nj", "2"]))
+    assert "Stage 6:" in out and "Stage 5:" not in out
+    assert {p: p.stat().st_mtime_ns for p in exp.glob("*.pth")} == ckpts
+    assert (exp / "train.log").stat().st_mtime_ns == train_log
+    # two decoding jobs, each on its share of the keys, merged into one sorted text
+    keys = [set(read_kaldi(dec / "logdir" / f"keys.{n}.scp")) for n in (1, 2)]
+    assert keys[0] and keys[1] and not keys[0] & keys[1]
+    for n in (1, 2):
+        assert (dec / "logdir" / f"asr_inference.{n}.log").is_file()
+    hyps = list(read_kaldi(dec / "text"))
+    assert hyps == sorted(hyps) and set(hyps) == keys[0] | keys[1]
+    assert set(hyps) == set(read_kaldi(d / "dump/raw/test_seen/text"))
+    assert float(dict(line.split(": ", 1) for line in
+                      (dec / "rtf.txt").read_text().splitlines())["jobs"]) == 2
+    assert (exp / "asr_model.zip").is_file()
+
+
+# --------------------------------------------------------------------------------------------
+# stage 2 on handmade data
+
+
+def write_wav(path: Path, seconds: float, rate: int, channels: int = 1):
+    t = np.arange(int(seconds * rate)) / rate
+    x = 0.3 * np.sin(2 * np.pi * 440 * t)
+    if channels > 1:
+        x = np.stack([x] * channels, axis=1)
+    sf.write(str(path), x, rate, subtype="PCM_16")
+
+
+def handmade_recipe(root: Path, entries):
+    """entries: (uttid, wav.scp value or None for no line, transcript or None for no line)."""
+    d = root / "asr1"
+    (d / "data" / "handmade").mkdir(parents=True)
+    (d / "asr.sh").symlink_to(RECIPE / "asr.sh")
+    with open(d / "data/handmade/wav.scp", "w") as fw, \
+            open(d / "data/handmade/text", "w") as ft, \
+            open(d / "data/handmade/utt2spk", "w") as fu:
+        for utt, wav, text in entries:
+            if wav is not None:
+                fw.write(f"{utt} {wav}\n")
+            if text is not None:
+                ft.write(f"{utt} {text}\n".replace(" \n", "\n"))
+            fu.write(f"{utt} spk1\n")
+    return d
+
+
+def test_stage2_drops_broken_utterances_and_continues(tmp_path):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    write_wav(audio / "a.wav", 1.0, 8000, channels=2)
+    write_wav(audio / "b.wav", 0.5, 22050)
+    write_wav(audio / "c.wav", 0.7, 16000)
+    write_wav(audio / "short.wav", 0.05, 16000)
+    write_wav(audio / "e.wav", 0.6, 16000)
+    (audio / "corrupt.wav").write_bytes(b"RIFF\x00\x01garbage" + os.urandom(2000))
+    entries = [
+        ("utt_good_8k_stereo", str(audio / "a.wav"), "HELLO WORLD"),
+        ("utt_good_22k", str(audio / "b.wav"), "GOOD MORNING"),
+        ("utt_good_pipe", f"cat {audio / 'c.wav'} |", "HELLO AGAIN"),
+        ("utt_missing", str(audio / "does_not_exist.wav"), "WHERE IS IT"),
+        ("utt_corrupt", str(audio / "corrupt.wav"), "BROKEN FILE"),
+        ("utt_empty_text", str(audio / "e.wav"), ""),
+        ("utt_no_text", str(audio / "e.wav"), None),
+        ("utt_too_short", str(audio / "short.wav"), "HI"),
+    ]
+    d = handmade_recipe(tmp_path, entries)
+    proc = run(d, ["./asr.sh", "--python", PYTHON, "--stage", "2", "--stop_stage", "3",
+                   "--train_set", "handmade", "--valid_set", "handmade", "--test_sets", "",
+                   "--token_type", "char", "--nj", "2"], timeout=300)
+    out = ok(proc)
+    expect = {
+        "utt_missing": "missing_audio",
+        "utt_corrupt": "unreadable_audio",
+        "utt_empty_text": "empty_transcript",
+        "utt_no_text": "no_transcript",
+        "utt_too_short": "too_short",
+    }
+    for utt, reason in expect.items():
+        assert re.search(rf"dropping utterance '{utt}': {reason}: \S", out), (utt, out)
+    assert "does_not_exist.wav" in out
+    assert ("[handmade] kept 3 of 8 utterances" in out
+            and "dropped 5: no_transcript=1, empty_transcript=1, missing_audio=1, "
+                "unreadable_audio=1, too_short=1" in out), out
+    raw = d / "dump/raw/handmade"
+    kept = read_kaldi(raw / "wav.scp")
+    assert sorted(kept) == ["utt_good_22k", "utt_good_8k_stereo", "utt_good_pipe"]
+    assert sorted(read_kaldi(raw / "text")) == sorted(kept)
+    nsamp = read_kaldi(raw / "utt2num_samples")
+    assert nsamp == {"utt_good_22k": "8000", "utt_good_8k_stereo": "16000",
+                     "utt_good_pipe": "11200"}
+    for utt, path in kept.items():
+        info = sf.info(str(d / path))
+        assert (info.samplerate, info.channels, info.frames) == (16000, 1, int(nsamp[utt]))
+    assert sorted(read_kaldi(raw / "dropped.txt")) == sorted(expect)
+    # the next stage ran on what was kept
+    assert "Stage 3:" in out
+    tokens = (d / "data/token_list/char/tokens.txt").read_text().split()
+    assert tokens[:2] == ["<blank>", "<unk>"] and tokens[-1] == "<sos/eos>"
+    assert "<space>" in tokens and "W" in tokens and "B" not in tokens  # BROKEN FILE dropped
+
+
+def test_stage2_failure_names_stage_and_log(tmp_path):
+    d = handmade_recipe(tmp_path, [("utt_missing", str(tmp_path / "nope.wav"), "HELLO")])
+    proc = run(d, ["./asr.sh", "--python", PYTHON, "--stage", "2", "--stop_stage", "8",
+                   "--train_set", "handmade", "--valid_set", "handmade", "--test_sets", "handmade",
+                   "--asr_config", "conf/none.yaml"], timeout=120)
+    assert proc.returncode != 0
+    m = re.search(r"ERROR: stage 2 \(format data[^)]*\) failed: .*\n.*\n.*log: +(\S+)", proc.stdout)
+    assert m, proc.stdout
+    log = d / m.group(1)
+    assert log.is_file() and "no usable utterance" in log.read_text()
+    assert "Stage 3:" not in proc.stdout
+
+
+def test_unknown_option_is_rejected(tmp_path):
+    d = handmade_recipe(tmp_path, [])
+    proc = run(d, ["./asr.sh", "--python", PYTHON, "--no_such_option", "1"], timeout=60)
+    assert proc.returncode == 2
+    assert "unknown option --no_such_option" in proc.stdout
