@@ -11,9 +11,10 @@ from espnet_omnirouter.signature import publish_signature
 
 
 class MoEASRModel(ESPnetASRModel):
-    """``loss = asr_loss + moe_aux_weight * load_balance + moe_zloss_weight * z_loss``.
+    """``loss = asr_loss + sum over MoE FFNs of (moe_aux_weight * load_balance + moe_zloss_weight * z_loss)``.
 
-    Both auxiliary losses are means over the MoE FFNs of the encoder.  ``stats`` gains
+    As in Switch Transformer, the weights apply to each MoE FFN's losses, summed over the
+    FFNs.  ``stats`` reports the means over the FFNs (load balance 1.0 = even use) and gains
     ``loss_asr`` (the loss without them), ``moe_lb_loss``, ``moe_z_loss`` and, per MoE FFN
     ``i`` in execution order, ``moe{i}_entropy`` (nats), ``moe{i}_max_frac`` and
     ``moe{i}_drop_frac``; ``loss`` is the total.  With a dense encoder it is ESPnet's model.
@@ -38,7 +39,8 @@ class MoEASRModel(ESPnetASRModel):
             return loss, stats, weight
         records = self.encoder.moe_records()
         aux = moe_aux_losses(records)
-        total = loss + self.moe_aux_weight * aux["lb"].to(loss) + self.moe_zloss_weight * aux["z"].to(loss)
+        ran = sum(r is not None for r in records)  # mean * ran = sum over the FFNs that ran
+        total = loss + ran * (self.moe_aux_weight * aux["lb"].to(loss) + self.moe_zloss_weight * aux["z"].to(loss))
         stats["loss_asr"] = loss.detach()
         stats["moe_lb_loss"] = aux["lb"].detach()
         stats["moe_z_loss"] = aux["z"].detach()

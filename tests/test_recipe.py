@@ -37,6 +37,8 @@ COMMON = [
     # an untrained model babbles until the maximum length: maxlenratio 0.0 (conf/tiny) allows one
     # token per encoder frame (25 per second); 0.3 still allows ~7 tokens per second of speech
     "--inference_args", "--maxlenratio 0.3",
+    # stage 9 without network, stage 10 on a few utterances
+    "--hf_repo", "demo-user/synth-omni", "--dry_run", "true", "--analysis_max_utts", "4",
 ]
 DECODE_TAG = "decode_asr_asr_model_valid.loss.ave_maxlenratio0.3"
 
@@ -217,6 +219,26 @@ def test_packed_model(recipe, exp):
     files = ModelDownloader(str(recipe["dir"] / "zoo_cache")).download_and_unpack(str(z))
     assert Path(files["asr_train_config"]).is_file()
     assert Path(files["asr_model_file"]).is_file()
+
+
+def test_upload_dry_run_writes_card_and_folder(recipe, exp):
+    folder = exp / "hf_upload"
+    assert (folder / "meta.yaml").is_file()
+    card = (folder / "README.md").read_text()
+    results = (exp / "RESULTS.md").read_text().strip()
+    assert results in card  # the card's tables are RESULTS.md's
+    usage = card.split("## Usage")[1]
+    assert usage.index("pip install espnet_omnirouter") < usage.index("import espnet_omnirouter")
+    assert "encoder: `omni_router_conformer`" in card
+    assert "all MoE FFNs share 1 router(s)" in card and "4 experts per MoE FFN" in card
+    assert "dry run: model folder and card ready" in recipe["second"].stdout
+
+
+def test_routing_analysis_stage(recipe, exp):
+    out = exp / "routing_analysis"
+    for f in ("usage.json", "layer_dependence.json", "segments.json", "sets.json", "summary.md"):
+        assert (out / f).is_file(), f
+    assert "Stage 10:" in recipe["second"].stdout
 
 
 def test_stage6_decodes_again_without_training(recipe, exp):

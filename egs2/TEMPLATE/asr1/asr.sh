@@ -12,6 +12,10 @@
 #   6. decode      asr_inference over ${inference_nj} jobs    -> .../<decode_tag>/<test_set>/text, rtf.txt
 #   7. score       WER/CER with jiwer                         -> .../score_{wer,cer}/result.txt, RESULTS.md
 #   8. pack        espnet2.bin.pack asr                       -> ${expdir}/asr_${asr_tag}/asr_model.zip
+#   9. upload      model card + Hugging Face upload (only with --hf_repo; --dry_run true: no network)
+#                                                             -> ${expdir}/asr_${asr_tag}/hf_upload/
+#  10. analysis    routing analysis of MoE encoders on the test sets
+#                                                             -> ${expdir}/asr_${asr_tag}/routing_analysis/
 #
 # Every python step writes its output to a log file; a failing step stops the run with a message
 # naming the stage, the command and its log.  Re-running a stage overwrites its outputs (training
@@ -74,12 +78,18 @@ inference_asr_model= # checkpoint in the exp dir (default: <first best_model_cri
 inference_tag=       # decode dir name (default from config and model)
 batch_size=1         # decoding batch size
 
+# Sharing and analysis
+hf_repo=             # Hugging Face repo id for stage 9 (empty: stage 9 is skipped)
+dry_run=false        # stage 9: prepare the upload folder and model card, do not upload
+analysis_max_utts=200  # stage 10: utterances per test set for the routing analysis
+
 _options=(stage stop_stage ngpu nj inference_nj gpu_inference dumpdir expdir python
     local_data_opts train_set valid_set test_sets fs min_wav_duration max_wav_duration
     token_type nbpe bpemode bpe_char_cover bpe_nlsyms
     asr_config asr_tag asr_exp asr_stats_dir asr_args feats_normalize
     asr_speech_fold_length asr_text_fold_length
-    inference_config inference_args inference_asr_model inference_tag batch_size)
+    inference_config inference_args inference_asr_model inference_tag batch_size
+    hf_repo dry_run analysis_max_utts)
 
 usage() {
     cat <<EOF
@@ -98,7 +108,8 @@ EOF
     cat <<EOF
 
 Stages: 1 data prep (local/data.sh), 2 format (resample, filter), 3 token list, 4 collect stats,
-        5 train, 6 decode (+RTF), 7 score (WER/CER, RESULTS.md), 8 pack (asr_model.zip)
+        5 train, 6 decode (+RTF), 7 score (WER/CER, RESULTS.md), 8 pack (asr_model.zip),
+        9 upload to Hugging Face (--hf_repo; --dry_run true), 10 routing analysis (MoE encoders)
 EOF
 }
 
@@ -149,13 +160,13 @@ done
 # ---------------------------------------------------------------------------------------------
 # Checks and derived names
 # ---------------------------------------------------------------------------------------------
-for _o in stage stop_stage ngpu nj inference_nj nbpe batch_size; do
+for _o in stage stop_stage ngpu nj inference_nj nbpe batch_size analysis_max_utts; do
     if ! [[ "${!_o}" =~ ^[0-9]+$ ]]; then
         err "--${_o} must be a non-negative integer, got '${!_o}'"
         exit 2
     fi
 done
-for _o in gpu_inference; do
+for _o in gpu_inference dry_run; do
     case "${!_o}" in
         true | false) ;;
         *)
@@ -190,8 +201,8 @@ _needs() {  # option names that must be set for the selected stages $1..$2
 _needs 2 5 train_set valid_set
 _needs 4 5 asr_config
 _needs 6 7 test_sets
-if [ "${stage}" -le 8 ] && [ "${stop_stage}" -ge 4 ] && [ -z "${asr_config}" ] && [ -z "${asr_exp}" ]; then
-    err "--asr_config (or --asr_exp) is required for stages 4-8"
+if [ "${stage}" -le 10 ] && [ "${stop_stage}" -ge 4 ] && [ -z "${asr_config}" ] && [ -z "${asr_exp}" ]; then
+    err "--asr_config (or --asr_exp) is required for stages 4-10"
     exit 2
 fi
 
@@ -676,4 +687,49 @@ if _run_stage 8; then
     log "packed model: ${asr_exp}/asr_model.zip"
 fi
 
-log "Successfully finished stages ${stage}-$(_min "${stop_stage}" 8) [elapsed=${SECONDS}s]"
+# ---------------------------------------------------------------------------------------------
+if _run_stage 9; then
+    if [ -z "${hf_repo}" ]; then
+        log "Stage 9: upload skipped (no --hf_repo given)"
+    else
+        _begin_stage 9 "model card and Hugging Face upload -> ${hf_repo}"
+        _require_file "${asr_exp}/asr_model.zip" "run stage 8 first"
+        rm -rf "${asr_exp}/hf_upload"
+        run_logged "model card" "${asr_exp}/hf_upload.log" \
+            "${python}" "${pyscripts}/make_model_card.py" --zip "${asr_exp}/asr_model.zip" \
+            --config "${asr_exp}/config.yaml" --results "${asr_exp}/RESULTS.md" --hf_repo "${hf_repo}" \
+            --train_set "${train_set}" --utt2num_samples "${data_feats}/${train_set}/utt2num_samples" \
+            --fs "${_fs_hz}" --out "${asr_exp}/hf_upload"
+        if [ "${dry_run}" = true ]; then
+            log "dry run: model folder and card ready in ${asr_exp}/hf_upload (not uploaded)"
+        else
+            run_logged "upload" "${asr_exp}/hf_upload.log" \
+                "${python}" -c 'import sys; from huggingface_hub import HfApi; api = HfApi(); api.create_repo(sys.argv[1], exist_ok=True); api.upload_folder(repo_id=sys.argv[1], folder_path=sys.argv[2])' \
+                "${hf_repo}" "${asr_exp}/hf_upload"
+            log "uploaded to https://huggingface.co/${hf_repo}"
+        fi
+    fi
+fi
+
+# ---------------------------------------------------------------------------------------------
+if _run_stage 10; then
+    _encoder=$("${python}" "${pyscripts}/config_value.py" "${asr_exp}/config.yaml" encoder)
+    case "${_encoder}" in
+        switch_* | omni_router_*)
+            _begin_stage 10 "routing analysis -> ${asr_exp}/routing_analysis"
+            _require_file "${asr_exp}/asr_model.zip" "run stage 8 first"
+            _data_opts=()
+            for _s in ${test_sets}; do
+                _data_opts+=(--data "${data_feats}/${_s}")
+            done
+            run_logged "routing analysis" "${asr_exp}/routing_analysis.log" \
+                "${python}" -m espnet_omnirouter.bin.analyze_routing --model "${asr_exp}/asr_model.zip" \
+                "${_data_opts[@]}" --out "${asr_exp}/routing_analysis" --max_utts "${analysis_max_utts}" \
+                --batch_size 1
+            log "routing analysis: ${asr_exp}/routing_analysis/summary.md"
+            ;;
+        *) log "Stage 10: routing analysis skipped (encoder '${_encoder}' has no MoE)" ;;
+    esac
+fi
+
+log "Successfully finished stages ${stage}-$(_min "${stop_stage}" 10) [elapsed=${SECONDS}s]"

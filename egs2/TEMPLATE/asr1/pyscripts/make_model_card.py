@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""Stage 9 of asr.sh: prepare a Hugging Face model folder from the packed zip.
+
+Unpacks ``asr_model.zip`` into ``--out`` and writes a model card ``README.md``: the
+architecture (encoder, experts, router sharing), the training data, the RESULTS.md tables
+(verbatim) and usage that starts with ``pip install`` and ``import espnet_omnirouter``.
+"""
+import argparse
+import os
+import zipfile
+
+import yaml
+
+ROUTING = {
+    "omni_router_conformer": "Omni-router: all MoE FFNs share {groups} router(s)",
+    "omni_router_transformer": "Omni-router: all MoE FFNs share {groups} router(s)",
+    "switch_conformer": "Switch: every MoE FFN has its own router",
+    "switch_transformer": "Switch: every MoE FFN has its own router",
+}
+
+
+def hours(utt2num_samples: str, fs: int) -> str:
+    if not os.path.exists(utt2num_samples):
+        return "unknown"
+    with open(utt2num_samples) as f:
+        total = sum(int(line.split()[1]) for line in f if line.strip())
+    return f"{total / fs / 3600:.2f} h"
+
+
+def architecture(config: dict) -> list:
+    enc, conf = config["encoder"], config.get("encoder_conf", {})
+    lines = [
+        f"- encoder: `{enc}`, {conf.get('num_blocks', '?')} blocks, d={conf.get('output_size', '?')}, "
+        f"FFN {conf.get('linear_units', '?')}"
+    ]
+    if enc in ROUTING:
+        lines += [
+            f"- Mixture of Experts: {conf.get('num_experts', 8)} experts per MoE FFN, top-{conf.get('top_k', 1)} routing"
+            f"{', macaron FFNs included' if conf.get('moe_macaron', True) and conf.get('macaron_style') else ''}",
+            f"- router sharing: {ROUTING[enc].format(groups=conf.get('router_groups', 1))}",
+            f"- capacity factor: {conf.get('capacity_factor') or 'none (dropless)'}",
+        ]
+    else:
+        lines.append("- dense (no Mixture of Experts)")
+    lines.append(f"- decoder: `{config.get('decoder')}`, model `{config.get('model', 'espnet')}`, "
+                 f"CTC weight {config.get('model_conf', {}).get('ctc_weight', 0.5)}")
+    return lines
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--zip", required=True)
+    p.add_argument("--config", required=True, help="the experiment's config.yaml")
+    p.add_argument("--results", required=True, help="RESULTS.md")
+    p.add_argument("--hf_repo", required=True)
+    p.add_argument("--train_set", required=True)
+    p.add_argument("--utt2num_samples", required=True, help="of the training set, for its duration")
+    p.add_argument("--fs", type=int, default=16000)
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+
+    os.makedirs(args.out, exist_ok=True)
+    with zipfile.ZipFile(args.zip) as z:
+        z.extractall(args.out)
+    with open(args.config) as f:
+        config = yaml.safe_load(f)
+    with open(args.results) as f:
+        results = f.read()
+    card = [
+        "---",
+        "tags: [espnet, audio, automatic-speech-recognition, mixture-of-experts]",
+        "library_name: espnet",
+        "license: apache-2.0",
+        "---",
+        "",
+        f"# {args.hf_repo}",
+        "",
+        "An ESPnet ASR model with a Mixture-of-Experts encoder from "
+        "[espnet_omnirouter](https://pypi.org/project/espnet_omnirouter/).",
+        "",
+        "## Usage",
+        "",
+        "```bash",
+        "pip install espnet_omnirouter",
+        "```",
+        "",
+        "```python",
+        "import espnet_omnirouter  # registers the MoE encoders in ESPnet",
+        "from espnet_omnirouter.hub import load_speech2text",
+        "",
+        f'speech2text = load_speech2text("{args.hf_repo}")',
+        "text = speech2text(waveform_16khz)[0][0]",
+        "```",
+        "",
+        "## Architecture",
+        "",
+        *architecture(config),
+        "",
+        "## Training data",
+        "",
+        f"- training set: `{args.train_set}` ({hours(args.utt2num_samples, args.fs)} of audio)",
+        f"- tokens: `{config.get('token_type')}`, {len(config.get('token_list', []))} units",
+        "",
+        "## Results",
+        "",
+        results.strip(),
+        "",
+    ]
+    with open(os.path.join(args.out, "README.md"), "w") as f:
+        f.write("\n".join(card))
+    print(f"model folder: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
