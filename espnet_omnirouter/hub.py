@@ -42,7 +42,11 @@ def resolve_model_files(model: Union[str, Path], cache_dir: Optional[str] = None
     if path.is_file():
         if path.suffix != ".zip":
             raise ValueError(f"{model}: expected a .zip made by `espnet2.bin.pack asr`")
-        return ModelDownloader(cache_dir).download_and_unpack(str(path.resolve()))
+        # espnet_model_zoo keys its unpack cache on the zip's path alone; add size and mtime
+        # so that a zip re-packed at the same path is unpacked again, not served stale.
+        stat = path.stat()
+        version_dir = os.path.join(cache_dir, f"{path.stem}-{stat.st_size}-{stat.st_mtime_ns}")
+        return ModelDownloader(version_dir).download_and_unpack(str(path.resolve()))
     if path.is_dir():
         if (path / "meta.yaml").exists():
             return ModelDownloader._unpack_cache_dir_for_huggingfase(str(path.resolve()))

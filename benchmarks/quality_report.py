@@ -1,0 +1,774 @@
+#!/usr/bin/env python3
+"""Report of the quality benchmark (benchmarks/quality.sh): dense vs Switch vs Omni-router.
+
+Reads, for every seed and model, the experiment dir ``<root>/seed<S>/asr_<model>/`` that the recipe
+(egs2/TEMPLATE/asr1/asr.sh) wrote, and nothing else:
+
+  * ``<decode tag>/<set>/score_{wer,cer}/summary.json``  per-set WER and CER (stage 7)
+  * ``train.log`` (and earlier ``train.log.<time>`` kept by quality.sh when a training resumed):
+    ESPnet's ``Nepoch results: [train] ... [valid] ...`` lines -> loss curves, final values and the
+    training time (sum of the per-epoch ``time=`` of train and valid), and the ESPnet log
+    timestamps -> the span of each log
+  * ``params.json``: parameter counts (written by ``quality_report.py --count_params <exp>``, which
+    quality.sh runs after training; computed on the fly from ``config.yaml`` when missing)
+  * ``routing_analysis/summary.json`` (stage 10, MoE models only)
+
+and writes ``<out>/quality.md``, ``<out>/quality.json`` and ``<out>/quality_loss.png``.  Every number
+in them comes from those files; the verdict sentences are generated from the numbers.
+
+Conventions: WER/CER in percent as scored by stage 7.  The out-of-domain (OOD) average is the
+unweighted mean of the per-set values over the OOD sets; "OOD pooled" divides the summed errors by
+the summed reference words (or characters) of those sets.  With several seeds, values are means
+and the spread is the sample standard deviation (n - 1) over seeds; relative changes compare the
+means: ``100 * (model - reference) / reference``, negative = fewer errors.
+
+    quality_report.py --root exp --models dense switch omni --seeds 1 2 3 --out benchmarks/results
+    quality_report.py --count_params exp/seed1/asr_omni
+"""
+
+import argparse
+import datetime
+import glob
+import json
+import math
+import os
+import re
+import sys
+from typing import Dict, List, Optional, Sequence
+
+DEFAULT_OOD = ["test_unseen_voice", "test_noisy", "test_tempo", "test_real"]
+SET_ORDER = ["test_seen", "test_unseen_voice", "test_noisy", "test_tempo", "test_real"]
+LABELS = {"dense": "Dense Conformer", "switch": "Switch Conformer", "omni": "Omni-router Conformer"}
+SHORT = {"dense": "dense", "switch": "Switch", "omni": "Omni-router"}
+REFERENCES = ("dense", "switch")  # relative changes are given against these models (when present)
+
+
+# ----------------------------------------------------------------------------- train.log
+_EPOCH_LINE = re.compile(r"(\d+)epoch results: (.*)$")
+_PHASE = re.compile(r"(?:^|, )\[([A-Za-z0-9_]+)\] ")
+_ITEM_SPLIT = re.compile(r", (?=[A-Za-z0-9_.]+=)")
+_TIMESTAMP = re.compile(r"(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}),(\d{3}) \(")
+_SPAN_UNITS = {
+    "week": 604800.0, "day": 86400.0, "hour": 3600.0, "minute": 60.0, "second": 1.0,
+    "millisecond": 1e-3, "microsecond": 1e-6, "nanosecond": 1e-9,
+}
+
+
+def parse_timespan(text: str) -> Optional[float]:
+    """Seconds of a ``humanfriendly.format_timespan`` text ("1 hour, 2 minutes and 3.5 seconds")."""
+    total, found = 0.0, False
+    for num, unit in re.findall(r"([0-9]*\.?[0-9]+) (week|day|hour|minute|second|millisecond|microsecond"
+                                r"|nanosecond)s?\b", text):
+        total += float(num) * _SPAN_UNITS[unit]
+        found = True
+    return total if found else None
+
+
+def _value(key: str, text: str):
+    text = text.strip()
+    if key == "time":
+        return parse_timespan(text)
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def parse_epoch_line(line: str):
+    """``(epoch, {phase: {key: value}})`` of an ESPnet ``Nepoch results:`` log line, else None."""
+    m = _EPOCH_LINE.search(line)
+    if not m:
+        return None
+    parts = _PHASE.split(m.group(2))
+    phases = {}
+    for name, body in zip(parts[1::2], parts[2::2]):
+        items = {}
+        for item in _ITEM_SPLIT.split(body.strip().rstrip(",")):
+            if "=" in item:
+                k, v = item.split("=", 1)
+                items[k.strip()] = _value(k.strip(), v)
+        phases[name] = items
+    return int(m.group(1)), phases
+
+
+def train_logs(exp: str) -> List[str]:
+    """The training logs of ``exp``, oldest first (quality.sh keeps earlier ones as train.log.<time>)."""
+    older = sorted(p for p in glob.glob(os.path.join(exp, "train.log.*")) if re.search(r"\.log\.\d", p))
+    current = os.path.join(exp, "train.log")
+    return older + ([current] if os.path.isfile(current) else [])
+
+
+def read_train_logs(exp: str) -> Dict:
+    """Epoch results (a later log overrides an earlier one for the same epoch) and log spans."""
+    epochs, span, logs = {}, 0.0, train_logs(exp)
+    for path in logs:
+        first = last = None
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                t = _TIMESTAMP.search(line)
+                if t:
+                    stamp = datetime.datetime.strptime(t.group(1), "%Y-%m-%d %H:%M:%S")
+                    stamp += datetime.timedelta(milliseconds=int(t.group(2)))
+                    first = first or stamp
+                    last = stamp
+                parsed = parse_epoch_line(line)
+                if parsed:
+                    epochs[parsed[0]] = parsed[1]
+        if first is not None:
+            span += (last - first).total_seconds()
+    return {"logs": logs, "epochs": dict(sorted(epochs.items())), "log_span_seconds": span if logs else None}
+
+
+def curves(epochs: Dict[int, Dict]) -> Dict:
+    """Per-epoch curves.  ``*_loss_asr`` is the ASR loss (CTC + attention): ``loss_asr`` of
+    moe_espnet models (their ``loss`` adds the MoE auxiliary losses), ``loss`` of ESPnet's model."""
+    out = {k: [] for k in ("epoch", "train_loss", "valid_loss", "train_loss_asr", "valid_loss_asr",
+                           "valid_acc", "train_seconds", "valid_seconds")}
+    for ep, phases in sorted(epochs.items()):
+        tr, va = phases.get("train", {}), phases.get("valid", {})
+        out["epoch"].append(ep)
+        out["train_loss"].append(_num(tr.get("loss")))
+        out["valid_loss"].append(_num(va.get("loss")))
+        out["train_loss_asr"].append(_num(tr.get("loss_asr", tr.get("loss"))))
+        out["valid_loss_asr"].append(_num(va.get("loss_asr", va.get("loss"))))
+        out["valid_acc"].append(_num(va.get("acc")))
+        out["train_seconds"].append(_num(tr.get("time")))
+        # validation and attention plotting belong to the epoch's training time
+        extra = [_num(p.get("time")) for n, p in phases.items() if n != "train"]
+        out["valid_seconds"].append(sum(x for x in extra if x is not None) if extra else None)
+    return out
+
+
+def _num(v):
+    return float(v) if isinstance(v, (int, float)) else None
+
+
+# ----------------------------------------------------------------------------- scores
+def find_decode_tag(exp: str, decode_tag: Optional[str] = None) -> Optional[str]:
+    """The decode dir of ``exp`` that holds scores: ``decode_tag`` if given, else the only one."""
+    if decode_tag:
+        return decode_tag if os.path.isdir(os.path.join(exp, decode_tag)) else None
+    tags = sorted({os.path.basename(os.path.dirname(os.path.dirname(os.path.dirname(p))))
+                   for p in glob.glob(os.path.join(exp, "*", "*", "score_wer", "summary.json"))})
+    if len(tags) > 1:
+        raise ValueError(f"{exp} holds several decode dirs with scores ({', '.join(tags)}): give --decode_tag")
+    return tags[0] if tags else None
+
+
+def read_scores(exp: str, decode_tag: str) -> Dict[str, Dict]:
+    """``{set: {"wer": Err, "cer": Err, "wer_summary": path, ..., "wer_errors", "wer_ref", ...}}``."""
+    out = {}
+    for path in sorted(glob.glob(os.path.join(exp, decode_tag, "*", "score_wer", "summary.json"))):
+        d = os.path.dirname(os.path.dirname(path))
+        name = os.path.basename(d)
+        entry = {}
+        for unit in ("wer", "cer"):
+            p = os.path.join(d, f"score_{unit}", "summary.json")
+            if not os.path.isfile(p):
+                continue
+            with open(p, encoding="utf-8") as f:
+                s = json.load(f)
+            entry[unit] = float(s["Err"])
+            entry[f"{unit}_summary"] = p
+            c = s.get("counts") or {}
+            if {"sub", "del", "ins"} <= set(c) and "Wrd" in s:
+                entry[f"{unit}_errors"] = int(c["sub"] + c["del"] + c["ins"])
+                entry[f"{unit}_ref"] = int(s["Wrd"])
+            entry["utterances"] = s.get("Snt")
+        out[name] = entry
+    return out
+
+
+def ood_average(values: Dict[str, float], ood_sets: Sequence[str]) -> Optional[float]:
+    """Unweighted mean of ``values`` over the OOD sets (None if one of them is missing)."""
+    vals = [values.get(s) for s in ood_sets]
+    if not vals or any(v is None for v in vals):
+        return None
+    return sum(vals) / len(vals)
+
+
+def pooled(scores: Dict[str, Dict], sets: Sequence[str], unit: str) -> Optional[float]:
+    """Summed errors / summed reference units over ``sets``, in percent."""
+    err = ref = 0
+    for s in sets:
+        e = scores.get(s, {})
+        if f"{unit}_errors" not in e:
+            return None
+        err += e[f"{unit}_errors"]
+        ref += e[f"{unit}_ref"]
+    return 100.0 * err / ref if ref else None
+
+
+def rel_change(value: Optional[float], ref: Optional[float]) -> Optional[float]:
+    """``100 * (value - ref) / ref`` (None when undefined)."""
+    if value is None or ref is None or ref == 0:
+        return None
+    return 100.0 * (value - ref) / ref
+
+
+def mean_std(values: Sequence[Optional[float]]) -> Dict:
+    """Mean and sample standard deviation (n - 1) of the values that are not None."""
+    v = [float(x) for x in values if x is not None]
+    n = len(v)
+    mean = sum(v) / n if n else None
+    std = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1)) if n > 1 else None
+    return {"mean": mean, "std": std, "n": n, "values": v}
+
+
+# ----------------------------------------------------------------------------- parameters
+def count_params(exp: str) -> Dict:
+    """Parameter counts of the model of ``exp/config.yaml`` (built on the CPU, random weights).
+
+    ``active_per_frame``: what one frame uses: for every MoE FFN only ``top_k`` of its ``E``
+    experts (the routers count in full); a dense model's is its total.
+    """
+    import espnet_omnirouter  # noqa: F401  (registers the encoders and the model)
+    from espnet2.tasks.asr import ASRTask
+
+    model, _ = ASRTask.build_model_from_file(os.path.join(exp, "config.yaml"), None, "cpu")
+    total = sum(p.numel() for p in model.parameters())
+    enc = model.encoder
+    enc_total = sum(p.numel() for p in enc.parameters())
+    inactive = expert_params = 0
+    routers, experts_seen = {}, set()
+    num_experts = top_k = None
+    ffns = enc.moe_ffns() if hasattr(enc, "moe_ffns") else []
+    for ffn in ffns:
+        experts, router = ffn.experts, ffn.router
+        routers[id(router)] = sum(p.numel() for p in router.parameters())
+        if id(experts) in experts_seen:
+            continue
+        experts_seen.add(id(experts))
+        n = sum(p.numel() for p in experts.parameters())
+        num_experts, top_k = experts.num_experts, router.top_k
+        expert_params += n
+        inactive += n * (experts.num_experts - router.top_k) // experts.num_experts
+    return {
+        "total": int(total),
+        "active_per_frame": int(total - inactive),
+        "encoder_total": int(enc_total),
+        "encoder_active_per_frame": int(enc_total - inactive),
+        "encoder": type(enc).__name__,
+        "num_moe_ffns": len(ffns),
+        "num_experts": num_experts,
+        "top_k": top_k,
+        "num_routers": len(routers),
+        "router_params": int(sum(routers.values())),
+        "expert_params": int(expert_params),
+    }
+
+
+def read_params(exp: str, compute: bool = True) -> Optional[Dict]:
+    path = os.path.join(exp, "params.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    if compute and os.path.isfile(os.path.join(exp, "config.yaml")):
+        try:
+            return count_params(exp)
+        except Exception as e:  # a report without counts beats no report
+            print(f"WARNING: cannot count the parameters of {exp}: {e}", file=sys.stderr)
+    return None
+
+
+def read_routing(exp: str) -> Optional[Dict]:
+    path = os.path.join(exp, "routing_analysis", "summary.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        s = json.load(f)
+    return {"path": path, "headline": s.get("headline", {})}
+
+
+# ----------------------------------------------------------------------------- collection
+def order_sets(names) -> List[str]:
+    names = set(names)
+    return [s for s in SET_ORDER if s in names] + sorted(names - set(SET_ORDER))
+
+
+def collect_run(exp: str, decode_tag: Optional[str], ood_sets: Sequence[str] = DEFAULT_OOD,
+                compute_params: bool = True) -> Dict:
+    """Everything the report uses from one experiment dir (see the module docstring)."""
+    tag = find_decode_tag(exp, decode_tag)
+    scores = read_scores(exp, tag) if tag else {}
+    logs = read_train_logs(exp)
+    c = curves(logs["epochs"])
+    wer = {s: e["wer"] for s, e in scores.items() if "wer" in e}
+    cer = {s: e["cer"] for s, e in scores.items() if "cer" in e}
+    last = {k: (v[-1] if v else None) for k, v in c.items() if k != "epoch"}
+    best_acc = [a for a in c["valid_acc"] if a is not None]
+    secs = [t for t in c["train_seconds"] + c["valid_seconds"] if t is not None]
+    run = {
+        "exp": exp,
+        "decode_tag": tag,
+        "wer": wer,
+        "cer": cer,
+        "score_files": {s: {u: e.get(f"{u}_summary") for u in ("wer", "cer")} for s, e in scores.items()},
+        "utterances": {s: e.get("utterances") for s, e in scores.items()},
+        "counts": {s: {k: v for k, v in e.items() if k.endswith(("_errors", "_ref"))} for s, e in scores.items()},
+        "train_logs": logs["logs"],
+        "curves": c,
+        "final": {
+            "epochs": c["epoch"][-1] if c["epoch"] else None,
+            "train_loss": last["train_loss"],
+            "valid_loss": last["valid_loss"],
+            "train_loss_asr": last["train_loss_asr"],
+            "valid_loss_asr": last["valid_loss_asr"],
+            "valid_acc": last["valid_acc"],
+            "best_valid_acc": max(best_acc) if best_acc else None,
+        },
+        "train_seconds": sum(secs) if secs else None,
+        "log_span_seconds": logs["log_span_seconds"],
+        "params": read_params(exp, compute_params),
+        "routing": read_routing(exp),
+    }
+    return add_ood_aggregates(run, ood_sets)
+
+
+def add_ood_aggregates(run: Dict, ood_sets: Sequence[str]) -> Dict:
+    """Set ``{wer,cer}_ood_avg`` and ``{wer,cer}_ood_pooled`` of a run (see :func:`collect_run`)."""
+    for unit in ("wer", "cer"):
+        run[f"{unit}_ood_avg"] = ood_average(run[unit], ood_sets)
+        run[f"{unit}_ood_pooled"] = pooled(run["counts"], ood_sets, unit)
+    return run
+
+
+def collect(root: str, models: Sequence[str], seeds: Sequence[int], decode_tag: Optional[str] = None,
+            ood_sets: Sequence[str] = DEFAULT_OOD, compute_params: bool = True) -> Dict:
+    """All runs ``<root>/seed<S>/asr_<model>`` plus the summaries over seeds and the verdict."""
+    runs, missing = {}, []
+    for s in seeds:
+        for m in models:
+            exp = os.path.join(root, f"seed{s}", f"asr_{m}")
+            run = collect_run(exp, decode_tag, ood_sets, compute_params) if os.path.isdir(exp) else None
+            if run is None or not run["wer"]:
+                missing.append(f"seed {s} {m} ({exp}: no scores)")
+                print(f"WARNING: seed {s}, {m}: no scores in {exp}", file=sys.stderr)
+                run = None
+            runs.setdefault(str(s), {})[m] = run
+    sets = order_sets({k for r in _runs(runs) for k in r["wer"]})
+    ood = [s for s in ood_sets if s in sets]  # the OOD sets that were decoded
+    for r in _runs(runs):
+        add_ood_aggregates(r, ood)
+    result = {
+        "root": root,
+        "models": list(models),
+        "labels": {m: LABELS.get(m, m) for m in models},
+        "seeds": [int(s) for s in seeds],
+        "sets": sets,
+        "ood_sets": ood,
+        "in_domain_sets": [s for s in sets if s not in ood],
+        "decode_tags": sorted({r["decode_tag"] for r in _runs(runs)}),
+        "missing": missing,
+        "runs": runs,
+    }
+    result["summary"] = summarize(result)
+    result["relative"] = relative(result)
+    result["verdict"] = verdict(result)
+    return result
+
+
+def _runs(runs: Dict):
+    return [r for per_seed in runs.values() for r in per_seed.values() if r is not None]
+
+
+def _per_seed(result: Dict, model: str):
+    return [result["runs"][str(s)].get(model) for s in result["seeds"]
+            if result["runs"][str(s)].get(model) is not None]
+
+
+def summarize(result: Dict) -> Dict:
+    out = {}
+    for m in result["models"]:
+        runs = _per_seed(result, m)
+        if not runs:
+            out[m] = None
+            continue
+        summ = {"n_seeds": len(runs)}
+        for unit in ("wer", "cer"):
+            summ[unit] = {s: mean_std([r[unit].get(s) for r in runs]) for s in result["sets"]}
+            for agg in ("ood_avg", "ood_pooled"):
+                summ[f"{unit}_{agg}"] = mean_std([r[f"{unit}_{agg}"] for r in runs])
+        summ["final"] = {k: mean_std([r["final"][k] for r in runs]) for k in runs[0]["final"]}
+        summ["train_seconds"] = mean_std([r["train_seconds"] for r in runs])
+        summ["log_span_seconds"] = mean_std([r["log_span_seconds"] for r in runs])
+        summ["params"] = next((r["params"] for r in runs if r["params"]), None)
+        heads = [r["routing"]["headline"] for r in runs if r["routing"]]
+        summ["routing"] = None
+        if heads:
+            keys = list(dict.fromkeys(k for h in heads for k in h))
+            summ["routing"] = {k: mean_std([h.get(k) if isinstance(h.get(k), (int, float)) else None
+                                            for h in heads]) for k in keys}
+        out[m] = summ
+    return out
+
+
+def relative(result: Dict) -> Dict:
+    """``{reference: {model: {unit: {set or ood_avg/ood_pooled: % change of the means}}}}``."""
+    summ, out = result["summary"], {}
+    for ref in REFERENCES:
+        if ref not in result["models"] or not summ.get(ref):
+            continue
+        out[ref] = {}
+        for m in result["models"]:
+            # every model against each reference, except a reference against a later one (dense vs Switch
+            # is the inverse of Switch vs dense)
+            if m == ref or not summ.get(m) or (m in REFERENCES and REFERENCES.index(m) < REFERENCES.index(ref)):
+                continue
+            out[ref][m] = {}
+            for unit in ("wer", "cer"):
+                row = {s: rel_change(summ[m][unit][s]["mean"], summ[ref][unit][s]["mean"]) for s in result["sets"]}
+                for agg in ("ood_avg", "ood_pooled"):
+                    row[agg] = rel_change(summ[m][f"{unit}_{agg}"]["mean"], summ[ref][f"{unit}_{agg}"]["mean"])
+                out[ref][m][unit] = row
+    return out
+
+
+def _signed(x: Optional[float]) -> str:
+    return "n/a" if x is None else f"{x:+.1f}%"
+
+
+def _word(x: Optional[float]) -> str:
+    if x is None:
+        return "not comparable"
+    return "worse" if x > 0 else "better" if x < 0 else "same"
+
+
+def compare_sentence(result: Dict, model: str, ref: str, unit: str = "wer", column: str = "ood_avg") -> str:
+    """E.g. "Omni-router vs Switch on out-of-domain average WER: +3.1% relative (worse; 20.5% vs 19.9%)"."""
+    summ = result["summary"]
+    if column in ("ood_avg", "ood_pooled"):
+        a, b = summ[model][f"{unit}_{column}"], summ[ref][f"{unit}_{column}"]
+        where = "out-of-domain average" if column == "ood_avg" else "out-of-domain (pooled)"
+    else:
+        a, b = summ[model][unit][column], summ[ref][unit][column]
+        where = column
+    r = rel_change(a["mean"], b["mean"])
+    text = (f"{SHORT.get(model, model)} vs {SHORT.get(ref, ref)} on {where} {unit.upper()}: "
+            f"{_signed(r)} relative ({_word(r)}; {_pct(a['mean'])} vs {_pct(b['mean'])})")
+    n = min(a["n"], b["n"])
+    if n > 1 and a["std"] is not None and b["std"] is not None and r is not None:
+        diff = abs(a["mean"] - b["mean"])
+        spread = max(a["std"], b["std"])
+        text += (f"; the difference ({diff:.2f} points) is {'larger' if diff > spread else 'not larger'} than the "
+                 f"larger seed standard deviation ({spread:.2f}) over {n} seeds")
+    elif r is not None:
+        text += "; one seed, so no spread estimate"
+    return text
+
+
+def _pct(x: Optional[float]) -> str:
+    return "n/a" if x is None else f"{x:.2f}%"
+
+
+def verdict(result: Dict) -> List[str]:
+    summ = result["summary"]
+    models = [m for m in result["models"] if summ.get(m)]
+    lines = []
+    if not models:
+        return ["No scored model: nothing to compare."]
+
+    def ranking(key_fn, what):
+        vals = [(key_fn(m), m) for m in models]
+        vals = [(v, m) for v, m in vals if v is not None]
+        if not vals:
+            return None
+        vals.sort()
+        best = vals[0]
+        ties = [m for v, m in vals if v == best[0]]
+        head = (f"Lowest {what}: **{' and '.join(result['labels'][m] for m in ties)}** ({best[0]:.2f}%)"
+                if len(ties) == 1 else
+                f"Lowest {what}: tie between {', '.join(result['labels'][m] for m in ties)} ({best[0]:.2f}%)")
+        rest = [f"{result['labels'][m]} {v:.2f}%" for v, m in vals if m not in ties]
+        return head + (f"; then {', '.join(rest)}." if rest else ".")
+
+    ood_names = ", ".join(result["ood_sets"])
+    line = ranking(lambda m: summ[m]["wer_ood_avg"]["mean"], f"out-of-domain average WER (mean over {ood_names})")
+    if line:
+        lines.append(line)
+    for s in result["in_domain_sets"]:
+        line = ranking(lambda m, s=s: summ[m]["wer"][s]["mean"], f"in-domain WER ({s})")
+        if line:
+            lines.append(line)
+    pairs = [(a, b) for a, b in (("omni", "switch"), ("omni", "dense"), ("switch", "dense"))
+             if a in models and b in models]
+    for a, b in pairs:
+        lines.append(compare_sentence(result, a, b, "wer", "ood_avg") + ".")
+        for s in result["in_domain_sets"]:
+            lines.append(compare_sentence(result, a, b, "wer", s) + ".")
+    if "omni" in models and "switch" in models:
+        r = rel_change(summ["omni"]["wer_ood_avg"]["mean"], summ["switch"]["wer_ood_avg"]["mean"])
+        if r is not None and r >= 0:
+            lines.append("Omni-router does **not** beat Switch on the out-of-domain average WER in this run.")
+        elif r is not None:
+            lines.append("Omni-router beats Switch on the out-of-domain average WER in this run.")
+    return lines
+
+
+# ----------------------------------------------------------------------------- outputs
+COLORS = {"dense": "tab:gray", "switch": "tab:blue", "omni": "tab:red"}
+
+
+def plot_losses(result: Dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    others = iter(["tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:olive", "tab:cyan"])
+    for m in result["models"]:
+        runs = _per_seed(result, m)
+        if not runs:
+            continue
+        color = COLORS.get(m) or next(others)
+        for phase, style in (("train", "--"), ("valid", "-")):
+            by_epoch = {}
+            for r in runs:
+                for ep, v in zip(r["curves"]["epoch"], r["curves"][f"{phase}_loss_asr"]):
+                    if v is not None and math.isfinite(v):
+                        by_epoch.setdefault(ep, []).append(v)
+            if not by_epoch:
+                continue
+            eps = sorted(by_epoch)
+            mean = [sum(by_epoch[e]) / len(by_epoch[e]) for e in eps]
+            ax.plot(eps, mean, style, color=color, marker="o", markersize=3,
+                    label=f"{result['labels'][m]} ({phase})")
+            if len(runs) > 1:
+                ax.fill_between(eps, [min(by_epoch[e]) for e in eps], [max(by_epoch[e]) for e in eps],
+                                color=color, alpha=0.15, linewidth=0)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("ASR loss (CTC + attention)")
+    n = len(result["seeds"])
+    title = "Training (dashed) and validation (solid) loss"
+    ax.set_title(title + (f", mean and range over {n} seeds" if n > 1 else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _fmt(ms: Optional[Dict], digits: int = 2, counts: bool = False) -> str:
+    if not ms or ms["mean"] is None:
+        return "n/a"
+    if counts and all(float(v).is_integer() for v in ms["values"]) and len(set(ms["values"])) == 1:
+        return str(int(ms["mean"]))  # counts (epochs, layers, routers) the same in every seed
+    text = f"{ms['mean']:.{digits}f}"
+    if ms["n"] > 1 and ms["std"] is not None:
+        text += f" ± {ms['std']:.{digits}f}"
+    return text
+
+
+def _count(n: Optional[int]) -> str:
+    return "n/a" if n is None else f"{n / 1e6:.2f} M ({n:,})"
+
+
+def _duration(ms: Optional[Dict]) -> str:
+    if not ms or ms["mean"] is None:
+        return "n/a"
+    scale, unit = (1, "s") if ms["mean"] < 120 else (60, "min")
+    text = f"{ms['mean'] / scale:.1f}"
+    if ms["n"] > 1 and ms["std"] is not None:
+        text += f" ± {ms['std'] / scale:.1f}"
+    return f"{text} {unit}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows] + [""])
+
+
+def _headline_names() -> Dict[str, str]:
+    try:
+        from espnet_omnirouter.analysis.report import HEADLINE
+
+        return dict(HEADLINE)
+    except Exception:
+        return {}
+
+
+def markdown(result: Dict) -> str:
+    summ, labels, sets = result["summary"], result["labels"], result["sets"]
+    models = [m for m in result["models"] if summ.get(m)]
+    n_seeds = len(result["seeds"])
+    digits = 1 if n_seeds == 1 else 2
+    out = ["# Quality: dense vs Switch vs Omni-router Conformer", ""]
+    out.append("Generated by `benchmarks/quality_report.py` from the run's files (nothing typed by hand).")
+    if result.get("command"):
+        out.append(f"Command: `{result['command']}`.")
+    out.append("")
+    out.append(f"- seeds: {', '.join(str(s) for s in result['seeds'])}"
+               + (" (values: mean ± sample standard deviation over seeds)" if n_seeds > 1
+                  else " (one seed: no spread)"))
+    data = result.get("data")
+    if data:
+        out.append(f"- training data: `{data['train_set']}`, {data['train_utts']:,} utterances, "
+                   f"{data['train_hours']:.2f} h; test sets: "
+                   + ", ".join(f"{s} ({n})" for s, n in data.get("test_utts", {}).items()) + " utterances")
+    out.append(f"- decoding: `{', '.join(result['decode_tags'])}`; out-of-domain (OOD) sets: "
+               f"{', '.join(result['ood_sets'])}; OOD avg = unweighted mean of the per-set values, OOD pooled = "
+               "summed errors / summed reference units")
+    out.append(f"- experiments: `{result['root']}/seed<S>/asr_<model>`")
+    if result["missing"]:
+        out.append(f"- **missing runs** (left out of the means): {'; '.join(result['missing'])}")
+    out += ["", "## Verdict", ""] + [f"- {line}" for line in result["verdict"]] + [""]
+
+    for unit in ("wer", "cer"):
+        out += [f"## {unit.upper()} (%)", ""]
+        header = ["model"] + sets + ["OOD avg", "OOD pooled"]
+        rows = [[labels[m]] + [_fmt(summ[m][unit][s], digits) for s in sets]
+                + [_fmt(summ[m][f"{unit}_ood_avg"]), _fmt(summ[m][f"{unit}_ood_pooled"])] for m in models]
+        out += _table(header, rows)
+    out += ["## Relative change (%) of the mean, negative = fewer errors", ""]
+    rel_rows = []
+    for ref, per_model in result["relative"].items():
+        for m, units in per_model.items():
+            for unit in ("wer", "cer"):
+                row = units[unit]
+                rel_rows.append([labels[m], labels[ref], unit.upper()] + [_signed(row[s]) for s in sets]
+                                + [_signed(row["ood_avg"]), _signed(row["ood_pooled"])])
+    if rel_rows:
+        out += _table(["model", "vs", "metric"] + sets + ["OOD avg", "OOD pooled"], rel_rows)
+    else:
+        out += ["(no reference model: relative changes need `dense` or `switch`)", ""]
+
+    out += ["## Training", "", "![loss curves](quality_loss.png)", "",
+            "ASR loss = CTC + attention loss (for MoE models `loss_asr`: their `loss` also holds the MoE "
+            "auxiliary losses, shown in the `loss` columns). Final = last epoch. Training time = sum of ESPnet's "
+            "per-epoch `time=` of training and validation; log span = first to last timestamp of the train.log "
+            "file(s) (includes start-up, checkpoint averaging).", ""]
+    header = ["model", "epochs", "train ASR loss", "valid ASR loss", "train loss", "valid loss", "valid acc",
+              "best valid acc", "training time", "log span"]
+    rows = []
+    for m in models:
+        f = summ[m]["final"]
+        rows.append([labels[m], _fmt(f["epochs"], 1, counts=True), _fmt(f["train_loss_asr"]), _fmt(f["valid_loss_asr"]),
+                     _fmt(f["train_loss"]), _fmt(f["valid_loss"]), _fmt(f["valid_acc"], 4),
+                     _fmt(f["best_valid_acc"], 4), _duration(summ[m]["train_seconds"]),
+                     _duration(summ[m]["log_span_seconds"])])
+    out += _table(header, rows)
+
+    out += ["## Parameters", "",
+            "Active per frame: every MoE FFN counted with `top_k` of its experts (routers in full); dense = total.",
+            ""]
+    rows = []
+    for m in models:
+        p = summ[m]["params"] or {}
+        moe = (f"{p['num_moe_ffns']} x {p['num_experts']} experts (top-{p['top_k']}), {p['num_routers']} router(s)"
+               if p.get("num_moe_ffns") else "-")
+        rows.append([labels[m], _count(p.get("total")), _count(p.get("active_per_frame")),
+                     _count(p.get("encoder_total")), _count(p.get("encoder_active_per_frame")), moe,
+                     _count(p.get("router_params")) if p.get("num_moe_ffns") else "-"])
+    out += _table(["model", "total", "active per frame", "encoder total", "encoder active", "MoE FFNs",
+                   "router params"], rows)
+
+    moe_models = [m for m in models if summ[m]["routing"]]
+    out += ["## Routing analysis (stage 10, `routing_analysis/summary.json`)", ""]
+    if moe_models:
+        names = _headline_names()
+        keys = list(dict.fromkeys(k for m in moe_models for k in summ[m]["routing"]))
+        rows = [[names.get(k, k), f"`{k}`"] + [_fmt(summ[m]["routing"].get(k), 4, counts=True) for m in moe_models]
+                for k in keys]
+        out += _table(["metric", "key"] + [labels[m] for m in moe_models], rows)
+    else:
+        out += ["(no routing analysis found)", ""]
+
+    if n_seeds > 1:
+        out += ["## Per seed (WER %)", ""]
+        rows = []
+        for s in result["seeds"]:
+            for m in result["models"]:
+                r = result["runs"][str(s)].get(m)
+                if r:
+                    rows.append([str(s), labels[m]] + [_fmt1(r["wer"].get(s2)) for s2 in sets]
+                                + [_fmt1(r["wer_ood_avg"], 2)])
+        out += _table(["seed", "model"] + sets + ["OOD avg"], rows)
+    out += ["## Sources", ""]
+    for s in result["seeds"]:
+        for m in result["models"]:
+            r = result["runs"][str(s)].get(m)
+            if r:
+                logs = ", ".join(f"`{os.path.basename(p)}`" for p in r["train_logs"])
+                out.append(f"- seed {s}, {m}: `{r['exp']}` (scores: `{r['decode_tag']}/<set>/score_{{wer,cer}}/"
+                           f"summary.json`; logs: {logs})")
+    return "\n".join(out) + "\n"
+
+
+def _fmt1(x, digits=1):
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def data_info(dump: str, train_set: str, sets: Sequence[str]) -> Optional[Dict]:
+    """Size of the training set and the test sets from the dump dir (utt2num_samples, 16 kHz)."""
+    path = os.path.join(dump, train_set, "utt2num_samples")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        samples = [int(line.split()[1]) for line in f if len(line.split()) == 2]
+    tests = {}
+    for s in sets:
+        p = os.path.join(dump, s, "wav.scp")
+        if os.path.isfile(p):
+            with open(p, encoding="utf-8") as f:
+                tests[s] = sum(1 for line in f if line.strip())
+    return {"train_set": train_set, "train_utts": len(samples), "train_hours": sum(samples) / 16000 / 3600,
+            "test_utts": tests}
+
+
+def write_report(result: Dict, out_dir: str) -> Dict[str, str]:
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {k: os.path.join(out_dir, f) for k, f in
+             (("md", "quality.md"), ("json", "quality.json"), ("png", "quality_loss.png"))}
+    plot_losses(result, paths["png"])
+    with open(paths["md"], "w", encoding="utf-8") as f:
+        f.write(markdown(result))
+    tmp = paths["json"] + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=1)
+    os.replace(tmp, paths["json"])
+    return paths
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--count_params", nargs="+", metavar="EXP",
+                   help="only write EXP/params.json (parameter counts) for each experiment dir and exit")
+    p.add_argument("--root", help="experiment root holding seed<S>/asr_<model>/")
+    p.add_argument("--models", nargs="+", default=["dense", "switch", "omni"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[1])
+    p.add_argument("--decode_tag", default=None, help="decode dir name (default: the only one with scores)")
+    p.add_argument("--ood_sets", nargs="*", default=DEFAULT_OOD)
+    p.add_argument("--dump", default=None, help="dump dir (dump/raw): data sizes for the report")
+    p.add_argument("--train_set", default="train")
+    p.add_argument("--command", default=None, help="command line to quote in the report")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    args = p.parse_args(argv)
+
+    if args.count_params:
+        for exp in args.count_params:
+            counts = count_params(exp)
+            with open(os.path.join(exp, "params.json"), "w", encoding="utf-8") as f:
+                json.dump(counts, f, indent=1)
+            print(f"{exp}: {counts['total']:,} parameters, {counts['active_per_frame']:,} active per frame")
+        return 0
+    if not args.root:
+        p.error("--root is required")
+    result = collect(args.root, args.models, args.seeds, args.decode_tag, args.ood_sets)
+    if not _runs(result["runs"]):
+        print(f"ERROR: no scored run under {args.root}/seed<S>/asr_<model>", file=sys.stderr)
+        return 1
+    result["command"] = args.command
+    if args.dump:
+        result["data"] = data_info(args.dump, args.train_set, result["sets"])
+    paths = write_report(result, args.out)
+    print("\n".join(f"- {line}" for line in result["verdict"]))
+    print(f"wrote {paths['md']}, {paths['json']}, {paths['png']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

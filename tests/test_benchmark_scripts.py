@@ -1,0 +1,425 @@
+"""benchmarks/quality.sh + quality_report.py (dense vs Switch vs Omni-router) and benchmarks/roe.py.
+
+One shared tiny quality run (module fixture): quality.sh with the tiny configs, 1 epoch on a tiny
+synth_en corpus, three test sets, the three models run side by side (``--jobs 3``), in a work dir
+made of links to the recipe under tmp.  The RoE test reuses its Switch and Omni models.  The
+report generator is also tested on handmade experiment dirs (arithmetic, seeds, resumed logs).
+"""
+
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import quality_report as qr  # noqa: E402
+import roe as roe_bench  # noqa: E402
+
+PYTHON = sys.executable
+TINY = {"dense": "conf/tiny/train_asr_conformer.yaml", "switch": "conf/tiny/train_asr_switch_conformer.yaml",
+        "omni": "conf/tiny/train_asr_omni_router_conformer.yaml"}
+TEST_SETS = ["test_seen", "test_noisy", "test_tempo"]
+DECODE_TAG = "decode_asr_maxlenratio0.3"
+
+
+# --------------------------------------------------------------------------------------------
+# the tiny end-to-end run
+
+
+@pytest.fixture(scope="module")
+def quality(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("quality")
+    work, out = tmp / "work", tmp / "results"
+    cmd = [
+        "bash", str(BENCH / "quality.sh"),
+        "--workdir", str(work), "--out", str(out), "--python", PYTHON,
+        "--configs", " ".join(f"{k}={v}" for k, v in TINY.items()),
+        "--inference_config", "conf/tiny/decode_asr.yaml",
+        "--asr_args", "--max_epoch 1 --num_att_plot 0",
+        # an untrained model babbles until the maximum length (see tests/test_recipe.py)
+        "--inference_args", "--maxlenratio 0.3",
+        "--local_data_opts", "--train_hours 0.01 --dev_utts 6 --test_utts 3",
+        "--test_sets", " ".join(TEST_SETS),
+        "--run_opts", "--nj 2 --inference_nj 1 --analysis_max_utts 3",
+        "--jobs", "3",
+    ]
+    t0 = time.time()
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+    print(f"\nquality.sh (tiny) took {time.time() - t0:.1f} s")
+    assert proc.returncode == 0, proc.stdout[-8000:]
+    return {"work": work, "out": out, "exp": work / "exp" / "seed1", "stdout": proc.stdout}
+
+
+def score(exp: Path, s: str, unit: str) -> float:
+    with open(exp / DECODE_TAG / s / f"score_{unit}" / "summary.json") as f:
+        return json.load(f)["Err"]
+
+
+def test_quality_outputs(quality):
+    out = quality["out"]
+    for f in ("quality.md", "quality.json", "quality_loss.png"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    assert (out / "quality_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "quality.md").read_text()
+    for heading in ("## Verdict", "## WER (%)", "## CER (%)", "## Relative change", "## Training",
+                    "## Parameters", "## Routing analysis"):
+        assert heading in md, heading
+    assert "Omni-router vs Switch on out-of-domain average WER: " in md
+    # the work dir is a recipe copy made of links; the repository's recipe is untouched
+    assert (quality["work"] / "run.sh").is_symlink()
+    assert "Step 3: report" in quality["stdout"]
+
+
+def test_quality_json_equals_score_files(quality):
+    res = json.loads((quality["out"] / "quality.json").read_text())
+    exp = quality["exp"]
+    assert res["models"] == ["dense", "switch", "omni"] and res["seeds"] == [1]
+    assert res["sets"] == TEST_SETS
+    assert res["ood_sets"] == ["test_noisy", "test_tempo"]  # the decoded OOD sets
+    for m in res["models"]:
+        run = res["runs"]["1"][m]
+        assert run["decode_tag"] == DECODE_TAG
+        for s in TEST_SETS:
+            for unit in ("wer", "cer"):
+                assert run[unit][s] == score(exp / f"asr_{m}", s, unit), (m, s, unit)
+                assert res["summary"][m][unit][s]["mean"] == run[unit][s]
+        for unit in ("wer", "cer"):
+            ood = [score(exp / f"asr_{m}", s, unit) for s in ("test_noisy", "test_tempo")]
+            assert run[f"{unit}_ood_avg"] == pytest.approx(sum(ood) / 2)
+    # relative change of Omni vs Switch on the OOD average, and the sentence that states it
+    o, s = res["summary"]["omni"]["wer_ood_avg"]["mean"], res["summary"]["switch"]["wer_ood_avg"]["mean"]
+    rel = res["relative"]["switch"]["omni"]["wer"]["ood_avg"]
+    if s:
+        assert rel == pytest.approx(100 * (o - s) / s)
+        word = "worse" if rel > 0 else "better" if rel < 0 else "same"
+        assert any(f"Omni-router vs Switch on out-of-domain average WER: {rel:+.1f}% relative ({word}" in v
+                   for v in res["verdict"])
+
+
+def test_quality_training_params_and_routing(quality):
+    res = json.loads((quality["out"] / "quality.json").read_text())
+    runs = res["runs"]["1"]
+    for m in res["models"]:
+        r = runs[m]
+        assert r["curves"]["epoch"] == [1]
+        assert r["final"]["epochs"] == 1
+        for k in ("train_loss", "valid_loss", "train_loss_asr", "valid_loss_asr"):
+            assert r["final"][k] is not None and math.isfinite(r["final"][k]), (m, k)
+        assert r["train_seconds"] > 0 and r["log_span_seconds"] > 0
+        # the final values are those of train.log's epoch line
+        line = next(x for x in (quality["exp"] / f"asr_{m}" / "train.log").read_text().splitlines()
+                    if "1epoch results:" in x)
+        assert f"loss={r['final']['train_loss']:.3f}" in line.split("[valid]")[0]
+    p = {m: runs[m]["params"] for m in res["models"]}
+    assert p["dense"]["active_per_frame"] == p["dense"]["total"] and p["dense"]["num_moe_ffns"] == 0
+    for m in ("switch", "omni"):
+        # conf/tiny: 2 blocks x (macaron + FFN) = 4 MoE FFNs of 4 experts, top-1
+        assert (p[m]["num_moe_ffns"], p[m]["num_experts"], p[m]["top_k"]) == (4, 4, 1)
+        # one expert has the dense FFN's shape: the active model is the dense one plus the routers
+        assert p[m]["active_per_frame"] == p["dense"]["total"] + p[m]["router_params"]
+        assert p[m]["total"] == p[m]["active_per_frame"] + 3 * p[m]["expert_params"] // 4
+    assert (p["switch"]["num_routers"], p["omni"]["num_routers"]) == (4, 1)
+    assert p["switch"]["router_params"] == 4 * p["omni"]["router_params"]
+    for m in ("switch", "omni"):
+        with open(quality["exp"] / f"asr_{m}" / "routing_analysis" / "summary.json") as f:
+            head = json.load(f)["headline"]
+        assert runs[m]["routing"]["headline"] == head
+    assert runs["dense"]["routing"] is None
+    md = (quality["out"] / "quality.md").read_text()
+    routing = md.split("## Routing analysis")[1]
+    assert "| Switch Conformer | Omni-router Conformer |" in routing.splitlines()[2]
+
+
+# --------------------------------------------------------------------------------------------
+# RoE on the tiny Switch and Omni models
+
+
+def plain_decode(exp: Path, wavs, beam=False):
+    """ESPnet's own Speech2Text (no RoE code), run from the recipe dir: best-path CTC, or its beam
+    search with the settings the RoE run below uses."""
+    import numpy as np
+    import soundfile
+    import torch
+    from espnet2.bin.asr_inference import Speech2Text
+
+    opts = dict(beam_size=2, ctc_weight=0.3, maxlenratio=0.3, nbest=1) if beam else {}
+    s2t = Speech2Text(asr_train_config=str(exp / "config.yaml"), asr_model_file=str(exp / "valid.loss.ave.pth"),
+                      **opts)
+    hyps = []
+    for wav in wavs:
+        x, _ = soundfile.read(wav, dtype="float32")
+        x = np.ascontiguousarray(x)
+        if beam:
+            hyps.append(s2t(x)[0][0])
+            continue
+        with torch.no_grad():
+            enc, _ = s2t.asr_model.encode(torch.from_numpy(x)[None], torch.tensor([len(x)]))
+            best = s2t.asr_model.ctc.log_softmax(enc)[0].argmax(-1).tolist()
+        ids = [t for i, t in enumerate(best) if t != 0 and (i == 0 or t != best[i - 1])]
+        hyps.append(s2t.tokenizer.tokens2text(s2t.converter.ids2tokens(ids)))
+    return hyps
+
+
+def first_utts(s, n):
+    """ids, references and wav paths of the first n utterances (by id) of dump/raw/<s>."""
+    text, scp = roe_bench.read_kaldi(f"dump/raw/{s}/text"), roe_bench.read_kaldi(f"dump/raw/{s}/wav.scp")
+    keys = sorted(text)[:n]
+    return keys, [" ".join(text[k].split()) for k in keys], [scp[k] for k in keys]
+
+
+def jiwer_wer(refs, hyps):
+    import jiwer
+
+    o = jiwer.process_words(refs, hyps)
+    return 100.0 * (o.substitutions + o.deletions + o.insertions) / sum(len(x.split()) for x in refs)
+
+
+def test_roe_benchmark(quality, tmp_path, monkeypatch):
+    exp, out = quality["exp"], tmp_path / "roe"
+    monkeypatch.chdir(quality["work"])  # relative paths of wav.scp and config.yaml, as in the recipe
+    sets = ["test_seen", "test_noisy"]
+    rc = roe_bench.main([
+        "--models", f"switch={exp / 'asr_switch'}", f"omni={exp / 'asr_omni' / 'asr_model.zip'}",
+        "--dump", "dump/raw", "--test_sets", *sets, "--max_utts", "2",
+        "--taus", "0.5", "2", "--tune_k", "2", "--k_values", "1", "2",
+        "--save_hyps", "true", "--out", str(out),
+    ])
+    assert rc == 0
+    res = json.loads((out / "roe.json").read_text())
+    md = (out / "roe.md").read_text()
+    assert res["ood_sets"] == ["test_noisy"]
+    for m in ("switch", "omni"):
+        r = res["models"][m]
+        assert r["tau"] in (0.5, 2.0)
+        assert r["tau"] == min(r["tuning"], key=lambda t: (t["wer"], t["cer"], t["tau"]))["tau"]
+        assert set(r["results"]) == {"1", "2"}
+        assert r["results"]["1"]["flip_rate"] is None  # K = 1: RoE off
+        assert r["results"]["2"]["flip_rate"] > 0  # the noise changed experts
+        assert r["results"]["1"]["rtf"] > 0 and r["results"]["2"]["rtf"] > 0
+        assert r["sentence"] in md and f"Chosen tau: **{r['tau']:g}**" in md
+        assert r["sentence"].startswith(roe_bench.LABELS[m] + ": RoE ")
+        for s in sets:
+            keys, refs, wavs = first_utts(s, 2)
+            hyps = plain_decode(exp / f"asr_{m}", wavs)
+            assert r["hyps"]["1"][s] == dict(zip(keys, hyps)), (m, s)
+            assert r["results"]["1"]["sets"][s]["wer"] == pytest.approx(jiwer_wer(refs, hyps), abs=1e-9), (m, s)
+    assert "| K | test_seen | test_noisy | OOD avg | RTF |" in md
+
+
+def test_roe_beam_k1_is_plain_decoding(quality, tmp_path, monkeypatch):
+    # 1 epoch: best-path CTC is still all blanks (WER 100 for any decoder), the attention decoder
+    # of the beam search is not: its words make K = 1 == plain decoding a real check
+    exp, out = quality["exp"], tmp_path / "roe_beam"
+    monkeypatch.chdir(quality["work"])
+    sets = ["test_seen", "test_noisy"]
+    assert roe_bench.main([
+        "--models", f"omni={exp / 'asr_omni'}", "--dump", "dump/raw", "--test_sets", *sets, "--max_utts", "1",
+        "--decode", "beam", "--beam_size", "2", "--ctc_weight", "0.3", "--maxlenratio", "0.3",
+        "--taus", "1", "--tune_k", "2", "--k_values", "1", "--save_hyps", "true", "--out", str(out),
+    ]) == 0
+    r = json.loads((out / "roe.json").read_text())["models"]["omni"]
+    assert r["sentence"] == "Omni-router Conformer: no out-of-domain WER with K > 1 to compare with."
+    words = 0
+    for s in sets:
+        keys, refs, wavs = first_utts(s, 1)
+        hyps = plain_decode(exp / "asr_omni", wavs, beam=True)
+        words += sum(len(h.split()) for h in hyps)
+        assert r["hyps"]["1"][s] == dict(zip(keys, hyps)), s
+        assert r["results"]["1"]["sets"][s]["wer"] == pytest.approx(jiwer_wer(refs, hyps), abs=1e-9), s
+    assert words > 0
+
+
+# --------------------------------------------------------------------------------------------
+# quality_report.py on handmade experiment dirs
+
+EPOCH_LINE = ("[vm] 2026-11-27 10:{mm}:00,000 (trainer:394) INFO: {ep}epoch results: [train] iter_time=0.012, "
+              "loss_ctc=133.7, loss_att=75.6, acc=0.014, loss={tl}, {asr}train_time=1.087, time={tt}, "
+              "total_count=5, [valid] loss_ctc=113.7, acc={acc}, loss={vl}, {vasr}time=2.5 seconds, total_count=2, "
+              "[att_plot] time=0.5 seconds, total_count=0")
+
+
+def fake_run(root: Path, seed: int, model: str, wer: dict, cer: dict = None, epochs=(), moe=False,
+             log_name="train.log", counts=None):
+    """An experiment dir as the recipe leaves it: score summaries, train.log, params, routing."""
+    exp = root / f"seed{seed}" / f"asr_{model}"
+    for s, w in wer.items():
+        for unit, v in (("wer", w), ("cer", (cer or {}).get(s, w / 2))):
+            d = exp / "decode_fake" / s / f"score_{unit}"
+            d.mkdir(parents=True, exist_ok=True)
+            n_ref, n_err = (counts or {}).get(s, (1000, None))
+            summary = {"Snt": 10, "Wrd": n_ref, "Err": v,
+                       "counts": {"sub": n_err if n_err is not None else round(v * n_ref / 100), "del": 0,
+                                  "ins": 0, "corr": 0, "snt_err": 0}}
+            (d / "summary.json").write_text(json.dumps(summary))
+    lines = []
+    for i, (ep, tl, vl) in enumerate(epochs):
+        asr = f"loss_asr={tl - 0.1}, moe_lb_loss=1.0, " if moe else ""
+        vasr = f"loss_asr={vl - 0.1}, " if moe else ""
+        lines.append(EPOCH_LINE.format(mm=10 + i, ep=ep, tl=tl, vl=vl, acc=0.1 * ep, asr=asr, vasr=vasr,
+                                       tt="1 minute and 2.5 seconds"))
+    exp.mkdir(parents=True, exist_ok=True)
+    if lines:
+        (exp / log_name).write_text("# header\n" + "\n".join(lines) + "\n")
+    params = {"total": 1000 if not moe else 4000, "active_per_frame": 1000 if not moe else 1100,
+              "encoder_total": 500, "encoder_active_per_frame": 500, "num_moe_ffns": 4 if moe else 0,
+              "num_experts": 8 if moe else None, "top_k": 1 if moe else None, "num_routers": 1 if moe else 0,
+              "router_params": 100 if moe else 0, "expert_params": 3000 if moe else 0}
+    (exp / "params.json").write_text(json.dumps(params))
+    if moe:
+        (exp / "routing_analysis").mkdir()
+        (exp / "routing_analysis" / "summary.json").write_text(json.dumps(
+            {"headline": {"num_routers": 12 if model == "switch" else 1, "cramers_v_mean": 0.1 * seed}}))
+    return exp
+
+
+OOD = ["test_unseen_voice", "test_noisy", "test_tempo", "test_real"]
+
+
+def wers(seen, ood):
+    return {"test_seen": seen, **dict(zip(OOD, ood))}
+
+
+def test_parse_epoch_line_and_timespan():
+    line = EPOCH_LINE.format(mm=10, ep=3, tl=93.1, vl=102.4, acc=0.5, asr="loss_asr=93.0, ", vasr="",
+                             tt="1 hour, 2 minutes and 3.5 seconds")
+    ep, phases = qr.parse_epoch_line(line)
+    assert ep == 3
+    assert phases["train"]["loss"] == 93.1 and phases["train"]["loss_asr"] == 93.0
+    assert phases["train"]["time"] == pytest.approx(3723.5) and phases["train"]["train_time"] == 1.087
+    assert phases["valid"]["loss"] == 102.4 and phases["valid"]["time"] == 2.5
+    assert phases["att_plot"]["time"] == 0.5
+    assert qr.parse_epoch_line("1epoch started") is None
+    assert qr.parse_timespan("523 milliseconds") == pytest.approx(0.523)
+    assert qr.parse_timespan("2 days and 1 second") == 2 * 86400 + 1
+
+
+def test_relative_change_ood_average_and_verdict(tmp_path):
+    fake_run(tmp_path, 1, "dense", wers(10.0, [20.0, 30.0, 40.0, 50.0]), epochs=[(1, 50.0, 60.0)])
+    fake_run(tmp_path, 1, "switch", wers(8.0, [18.0, 28.0, 36.0, 38.0]), epochs=[(1, 45.0, 55.0)], moe=True)
+    fake_run(tmp_path, 1, "omni", wers(9.0, [19.0, 29.0, 37.0, 39.0]), epochs=[(1, 44.0, 54.0)], moe=True)
+    res = qr.collect(str(tmp_path), ["dense", "switch", "omni"], [1], compute_params=False)
+    assert res["sets"] == ["test_seen"] + OOD and res["in_domain_sets"] == ["test_seen"]
+    s = res["summary"]
+    assert s["dense"]["wer_ood_avg"]["mean"] == 35.0
+    assert s["switch"]["wer_ood_avg"]["mean"] == 30.0
+    assert s["omni"]["wer_ood_avg"]["mean"] == 31.0
+    rel = res["relative"]
+    assert rel["dense"]["switch"]["wer"]["ood_avg"] == pytest.approx(100 * (30 - 35) / 35)
+    assert rel["dense"]["omni"]["wer"]["test_seen"] == pytest.approx(-10.0)
+    assert rel["switch"]["omni"]["wer"]["ood_avg"] == pytest.approx(100 / 30)
+    assert rel["switch"]["omni"]["wer"]["test_real"] == pytest.approx(100 / 38)
+    assert "switch" not in rel["switch"] and "dense" not in rel["dense"]
+    # pooled: 1000 words per set, errors = WER * 10
+    assert s["omni"]["wer_ood_pooled"]["mean"] == pytest.approx((190 + 290 + 370 + 390) / 40)
+    v = "\n".join(res["verdict"])
+    assert "Omni-router vs Switch on out-of-domain average WER: +3.3% relative (worse; 31.00% vs 30.00%)" in v
+    assert "Omni-router vs dense on out-of-domain average WER: -11.4% relative (better" in v
+    assert "Lowest out-of-domain average WER (mean over " in v and "**Switch Conformer** (30.00%)" in v
+    assert "Lowest in-domain WER (test_seen): **Switch Conformer** (8.00%)" in v
+    assert "Omni-router does **not** beat Switch" in v
+    assert "one seed, so no spread estimate" in v
+    # the final values and the training time come from train.log
+    r = res["runs"]["1"]["switch"]
+    assert r["final"]["train_loss"] == 45.0 and r["final"]["train_loss_asr"] == pytest.approx(44.9)
+    assert r["final"]["valid_loss_asr"] == pytest.approx(54.9) and r["final"]["valid_acc"] == pytest.approx(0.1)
+    assert r["train_seconds"] == pytest.approx(62.5 + 2.5 + 0.5)
+    assert res["runs"]["1"]["dense"]["final"]["train_loss_asr"] == 50.0  # no loss_asr: ESPnet's loss
+    paths = qr.write_report(res, str(tmp_path / "out"))
+    md = Path(paths["md"]).read_text()
+    assert "| Omni-router Conformer | Switch Conformer | WER | +12.50% |" not in md  # no mix-up of columns
+    assert "| Omni-router Conformer | Switch Conformer | WER | +12.5% | +5.6% | +3.6% | +2.8% | +2.6% | +3.3% |" in md
+    assert "| Dense Conformer | 10.0 | 20.0 | 30.0 | 40.0 | 50.0 | 35.00 |" in md
+    assert "| cramers_v_mean |" not in md and "`cramers_v_mean`" in md
+    assert json.loads(Path(paths["json"]).read_text())["relative"] == json.loads(json.dumps(rel))
+
+
+def test_omni_better_than_switch_is_stated(tmp_path):
+    fake_run(tmp_path, 1, "switch", wers(8.0, [20.0, 20.0, 20.0, 20.0]), moe=True)
+    fake_run(tmp_path, 1, "omni", wers(8.0, [19.0, 19.0, 19.0, 19.0]), moe=True)
+    res = qr.collect(str(tmp_path), ["switch", "omni"], [1], compute_params=False)
+    v = "\n".join(res["verdict"])
+    assert "Omni-router vs Switch on out-of-domain average WER: -5.0% relative (better" in v
+    assert "Omni-router beats Switch on the out-of-domain average WER" in v
+    assert "Omni-router vs Switch on test_seen WER: +0.0% relative (same" in v
+    assert "dense" not in res["relative"]
+
+
+def test_seeds_mean_and_std(tmp_path):
+    table = {1: (30.0, 28.0), 2: (32.0, 29.0), 3: (34.0, 33.0)}  # seed: (switch OOD, omni OOD)
+    for seed, (sw, om) in table.items():
+        fake_run(tmp_path, seed, "switch", wers(10.0 + seed, [sw] * 4), moe=True, epochs=[(1, 50.0 + seed, 60.0)])
+        fake_run(tmp_path, seed, "omni", wers(11.0, [om] * 4), moe=True, epochs=[(1, 40.0 + seed, 60.0)])
+    res = qr.collect(str(tmp_path), ["switch", "omni"], [1, 2, 3], compute_params=False)
+    s = res["summary"]
+    sw, om = [v[0] for v in table.values()], [v[1] for v in table.values()]
+    assert s["switch"]["wer_ood_avg"]["mean"] == pytest.approx(statistics.mean(sw))
+    assert s["switch"]["wer_ood_avg"]["std"] == pytest.approx(statistics.stdev(sw))
+    assert s["omni"]["wer_ood_avg"]["std"] == pytest.approx(statistics.stdev(om))
+    assert s["switch"]["wer"]["test_seen"]["mean"] == 12.0 and s["omni"]["wer"]["test_seen"]["std"] == 0.0
+    assert s["switch"]["final"]["train_loss"]["mean"] == 52.0
+    assert s["omni"]["routing"]["cramers_v_mean"]["mean"] == pytest.approx(0.2)
+    assert s["omni"]["routing"]["cramers_v_mean"]["std"] == pytest.approx(0.1)
+    rel = res["relative"]["switch"]["omni"]["wer"]["ood_avg"]
+    assert rel == pytest.approx(100 * (statistics.mean(om) - 32.0) / 32.0)
+    v = "\n".join(res["verdict"])
+    diff, spread = abs(statistics.mean(om) - 32.0), max(statistics.stdev(sw), statistics.stdev(om))
+    assert f"the difference ({diff:.2f} points) is not larger than the larger seed standard deviation " \
+           f"({spread:.2f}) over 3 seeds" in v
+    md = qr.markdown(res)
+    assert f"| Switch Conformer | 12.00 ± 1.00 | {32:.2f} ± {statistics.stdev(sw):.2f} |" in md
+    assert "## Per seed (WER %)" in md and "| 3 | Omni-router Conformer |" in md
+    qr.plot_losses(res, str(tmp_path / "loss.png"))
+    assert (tmp_path / "loss.png").stat().st_size > 0
+
+
+def test_resumed_training_logs_are_merged(tmp_path):
+    exp = fake_run(tmp_path, 1, "omni", wers(10.0, [20.0] * 4), moe=True,
+                   epochs=[(1, 50.0, 60.0), (2, 45.0, 55.0)], log_name="train.log.20261127T101500")
+    # the resumed run's log: epoch 2 again (interrupted after its line was written) and epoch 3
+    lines = [EPOCH_LINE.format(mm=30, ep=2, tl=44.0, vl=54.0, acc=0.2, asr="", vasr="", tt="10 seconds"),
+             EPOCH_LINE.format(mm=31, ep=3, tl=40.0, vl=50.0, acc=0.3, asr="", vasr="", tt="10 seconds")]
+    (exp / "train.log").write_text("\n".join(lines) + "\n")
+    run = qr.collect_run(str(exp), None, OOD, compute_params=False)
+    assert [os.path.basename(p) for p in run["train_logs"]] == ["train.log.20261127T101500", "train.log"]
+    assert run["curves"]["epoch"] == [1, 2, 3]
+    assert run["curves"]["train_loss"] == [50.0, 44.0, 40.0]
+    assert run["final"]["best_valid_acc"] == pytest.approx(0.3)
+    assert run["train_seconds"] == pytest.approx(62.5 + 3 + 2 * (10 + 3))
+    assert run["log_span_seconds"] == pytest.approx(60.0 + 60.0)  # 10:10-10:11 and 10:30-10:31
+
+
+def test_missing_runs_and_decode_dirs(tmp_path):
+    fake_run(tmp_path, 1, "dense", wers(10.0, [20.0] * 4))
+    res = qr.collect(str(tmp_path), ["dense", "omni"], [1], compute_params=False)
+    assert res["runs"]["1"]["omni"] is None and res["summary"]["omni"] is None
+    assert any("seed 1 omni" in m for m in res["missing"])
+    assert "missing runs" in qr.markdown(res)
+    exp = tmp_path / "seed1" / "asr_dense"
+    (exp / "decode_other" / "test_seen" / "score_wer").mkdir(parents=True)
+    (exp / "decode_other" / "test_seen" / "score_wer" / "summary.json").write_text('{"Err": 1.0}')
+    with pytest.raises(ValueError, match="several decode dirs"):
+        qr.collect_run(str(exp), None, OOD, compute_params=False)
+    assert qr.collect_run(str(exp), "decode_fake", OOD, compute_params=False)["wer"]["test_seen"] == 10.0
+    assert qr.main(["--root", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 1
+
+
+def test_quality_sh_rejects_bad_options(tmp_path):
+    sh = str(BENCH / "quality.sh")
+    p = subprocess.run(["bash", sh, "--no_such_option", "1"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "unknown option --no_such_option" in p.stderr
+    p = subprocess.run(["bash", sh, "--seeds", "1 x"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "--seeds" in p.stderr
+    p = subprocess.run(["bash", sh, "--help"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "--local_data_opts" in p.stdout and "--seeds" in p.stdout
+    p = subprocess.run(["bash", sh, "--python", PYTHON, "--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
+                        "--configs", "x=conf/nope.yaml"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "conf/nope.yaml not found" in p.stderr
