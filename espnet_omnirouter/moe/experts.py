@@ -2,30 +2,55 @@
 
 Every expert is a slice of one stacked Parameter, so DDP never sees an unused parameter
 even when an expert receives no frames in a step.
+
+Two implementations of the same function (``Experts.impl`` picks one; "auto" by default):
+
+* ``grouped_mm``: one ``torch._grouped_mm`` per matmul over all experts, with the
+  expert offsets as a device tensor: no host sync, nothing data-dependent in shapes, so it
+  also traces under ``torch.compile`` (bfloat16 only: the compiler's shape function for
+  ``_grouped_mm`` rejects other dtypes).  "auto" uses it on CUDA (bfloat16, sm90+, where
+  its kernels are fast) and for bfloat16 under ``torch.compile``.
+* ``loop``: one ``addmm -> activation -> addmm`` per expert slice, in a custom autograd
+  function (:class:`_ExpertLoop`) that also does the gather of the expert inputs, the gate
+  multiply and the scatter of the outputs, expert by expert, while the slice is in cache.
+  It needs the slice sizes on the host (one ``counts.tolist()``: free on CPU, one device
+  sync on CUDA).  "auto" uses it for eager CPU, where it is faster than CPU
+  ``_grouped_mm``, and as the portable fallback for every other device/dtype.
 """
 import math
+from typing import Optional
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
+
+IMPLS = ("auto", "grouped_mm", "loop")
 
 
-def grouped_mm_supported(x: torch.Tensor, hidden: int) -> bool:
-    """Whether ``torch._grouped_mm`` can run the experts on ``x``.
+def grouped_mm_supported(x: torch.Tensor, hidden: int, dtype: Optional[torch.dtype] = None) -> bool:
+    """Whether ``torch._grouped_mm`` can run the experts on ``x`` (cast to ``dtype``).
 
     On CPU it handles float32/bfloat16/float16 (with autograd); on CUDA we use it for
     bfloat16 on Hopper or newer, where its kernels are fast, and when the row widths meet
     its 16-byte alignment.  Everything else takes the portable per-slice path.
     """
+    dtype = x.dtype if dtype is None else dtype
     if not hasattr(torch, "_grouped_mm"):
         return False
     if x.is_cuda:
         return (
-            x.dtype == torch.bfloat16
+            dtype == torch.bfloat16
             and torch.cuda.get_device_capability(x.device)[0] >= 9
             and x.shape[1] % 8 == 0
             and hidden % 8 == 0
         )
-    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+    return x.device.type == "cpu" and dtype in (torch.float32, torch.bfloat16, torch.float16)
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the experts compute in: the autocast dtype where autocast is on."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
 class Experts(nn.Module):
@@ -42,6 +67,9 @@ class Experts(nn.Module):
         activation: activation module applied to the hidden units (shared by all experts).
         dropout_rate: dropout on the hidden units.
     """
+
+    # "auto", "grouped_mm" (needs grouped_mm_supported) or "loop"; see the module docstring.
+    impl = "auto"
 
     def __init__(
         self,
@@ -68,6 +96,22 @@ class Experts(nn.Module):
             nn.init.uniform_(weight, -bound, bound)
             nn.init.uniform_(bias, -bound, bound)
 
+    def use_grouped_mm(self, x: torch.Tensor, dtype: Optional[torch.dtype] = None) -> bool:
+        """Whether the ``grouped_mm`` path runs for ``x`` computed in ``dtype`` (default:
+        its own)."""
+        dtype = x.dtype if dtype is None else dtype
+        if self.impl not in IMPLS:
+            raise ValueError(f"Experts.impl must be one of {IMPLS}, got {self.impl!r}")
+        if self.impl == "loop" or not grouped_mm_supported(x, self.w1.shape[2], dtype):
+            if self.impl == "grouped_mm":
+                raise ValueError(f"torch._grouped_mm cannot run {dtype} on {x.device}")
+            return False
+        if torch.compiler.is_compiling():
+            # The compiler's shape function for _grouped_mm accepts bfloat16 only; other
+            # dtypes run the loop eagerly (it is excluded from tracing, see _loop).
+            return dtype == torch.bfloat16
+        return self.impl == "grouped_mm" or x.is_cuda
+
     def forward(self, x: torch.Tensor, counts: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
         """Run each expert on its contiguous slice of frames.
 
@@ -79,23 +123,199 @@ class Experts(nn.Module):
         Returns:
             ``[M, d]`` expert outputs, in the order of ``x``.
         """
-        if grouped_mm_supported(x, self.w1.shape[2]):
-            # One kernel per matmul, no host sync: offsets are the end row of each expert.
-            offsets = counts.cumsum(0).to(torch.int32)
-            hidden = torch._grouped_mm(x, self.w1.to(x.dtype), offs=offsets)
-            hidden = self.dropout(self.activation(hidden + self.b1.to(x.dtype)[expert]))
-            out = torch._grouped_mm(hidden, self.w2.to(x.dtype), offs=offsets)
-            return out + self.b2.to(x.dtype)[expert]
-        # Portable path: one host sync for the slice sizes, then one matmul per expert slice.
-        sizes = counts.tolist()
-        hidden = torch.cat(
-            [torch.addmm(self.b1[e], xe, self.w1[e]) for e, xe in enumerate(x.split(sizes))]
-        )
+        x = x.to(compute_dtype(x))
+        if self.use_grouped_mm(x):
+            return self._grouped_mm(x, counts, expert)
+        rows = torch.arange(x.shape[0], device=x.device)
+        ones = x.new_ones(x.shape[0], dtype=torch.float32)
+        return self._loop(x, rows, counts, ones, True, x.shape[0])
+
+    def combine(
+        self,
+        flat: torch.Tensor,
+        rows: torch.Tensor,
+        counts: torch.Tensor,
+        expert: torch.Tensor,
+        gate: torch.Tensor,
+        unique: bool,
+    ) -> torch.Tensor:
+        """Dispatch, run and combine: ``out[rows[i]] += gate[i] * FFN_{expert[i]}(flat[rows[i]])``.
+
+        Args:
+            flat: ``[R, d]`` frames.
+            rows: ``[M]`` int64, row of ``flat`` of each assignment, sorted by expert.
+            counts: ``[E]`` int64, assignments of each expert (sums to ``M``).
+            expert: ``[M]`` int64, the expert of each assignment (non-decreasing).
+            gate: ``[M]`` gate of each assignment.
+            unique: whether ``rows`` has no repeated row (top-1): the combine is then a
+                scatter without accumulation.
+
+        Returns:
+            ``[R, d]`` in the compute dtype; rows not in ``rows`` are 0.
+        """
+        dtype = compute_dtype(flat)
+        if self.use_grouped_mm(flat, dtype):
+            x = _GatherUniqueRows.apply(flat, rows) if unique else flat.index_select(0, rows)
+            y = self._grouped_mm(x.to(dtype), counts, expert)
+            return _scatter_rows(y * gate.unsqueeze(1).to(y.dtype), rows, flat.shape[0], unique)
+        return self._loop(flat, rows, counts, gate, unique, flat.shape[0])
+
+    def _grouped_mm(self, x: torch.Tensor, counts: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
+        # One kernel per matmul, no host sync: offsets are the end row of each expert.
+        offsets = counts.cumsum(0).to(torch.int32)
+        # Per-row biases as a one-hot [M, E] matmul fused into addmm: its backward is the
+        # GEMM onehot^T @ grad (a per-expert row sum), not an index_put/atomic scatter-add
+        # of M rows into E rows.
+        onehot = (expert.unsqueeze(1) == torch.arange(self.num_experts, device=x.device)).to(x.dtype)
+        hidden = torch._grouped_mm(x, self.w1.to(x.dtype), offs=offsets)
+        hidden = torch.addmm(hidden, onehot, self.b1.to(x.dtype))
         hidden = self.dropout(self.activation(hidden))
-        return torch.cat(
-            [torch.addmm(self.b2[e], he, self.w2[e]) for e, he in enumerate(hidden.split(sizes))]
-        )
+        out = torch._grouped_mm(hidden, self.w2.to(x.dtype), offs=offsets)
+        return torch.addmm(out, onehot, self.b2.to(x.dtype))
+
+    # The slice sizes are data: keep the compiler out (it would recompile for each new set
+    # of sizes); under torch.compile the grouped_mm path is used where it can run.
+    @torch.compiler.disable
+    def _loop(self, flat, rows, counts, gate, unique, num_rows) -> torch.Tensor:
+        sizes = counts.tolist()  # the one host sync (free on CPU)
+        dtype = compute_dtype(flat)
+        params = (self.w1, self.b1, self.w2, self.b2)
+        needs_grad = flat.requires_grad or gate.requires_grad or any(p.requires_grad for p in params)
+        if torch.is_grad_enabled() and needs_grad:
+            return _ExpertLoop.apply(flat, gate, *params, rows, sizes, self._hidden, unique, num_rows, dtype)
+        with torch.no_grad():
+            return _expert_loop_forward(flat, gate, *params, rows, sizes, self._hidden, unique, num_rows, dtype)[0]
+
+    def _hidden(self, pre: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.activation(pre))
 
     def extra_repr(self) -> str:
         e, d, h = self.w1.shape
         return f"num_experts={e}, d_model={d}, hidden={h}"
+
+
+def _new_rows(num_rows: int, like: torch.Tensor, rows: torch.Tensor, unique: bool) -> torch.Tensor:
+    """A ``[num_rows, ...]`` buffer to scatter ``rows`` into: uninitialised when the rows
+    cover every row exactly once, zeros otherwise."""
+    shape = (num_rows,) + tuple(like.shape[1:])
+    if unique and rows.shape[0] == num_rows:
+        return like.new_empty(shape)
+    return like.new_zeros(shape)
+
+
+def _scatter_rows(y: torch.Tensor, rows: torch.Tensor, num_rows: int, unique: bool) -> torch.Tensor:
+    """``out[rows[i]] += y[i]`` into a new ``[num_rows, d]`` tensor (0 elsewhere), with autograd."""
+    out = _new_rows(num_rows, y, rows, unique)
+    # In place on a fresh buffer: the out-of-place versions would first clone it.
+    return out.index_copy_(0, rows, y) if unique else out.index_add_(0, rows, y)
+
+
+def _expert_loop_forward(flat, gate, w1, b1, w2, b2, rows, sizes, hidden_fn, unique, num_rows, dtype, keep=False):
+    """Forward of :class:`_ExpertLoop`; with ``keep`` also what its backward needs."""
+    w1, b1, w2, b2 = (p.to(dtype) for p in (w1, b1, w2, b2))
+    gate = gate.to(dtype)
+    out = _new_rows(num_rows, flat.new_empty(0, w2.shape[2], dtype=dtype), rows, unique)
+    saved = []
+    with torch.autocast(flat.device.type, enabled=False):
+        for e, (rows_e, gate_e) in enumerate(zip(rows.split(sizes), gate.split(sizes))):
+            x_e = flat.index_select(0, rows_e).to(dtype)
+            pre = torch.addmm(b1[e], x_e, w1[e])
+            if keep:
+                # A local graph for the activation (any module, dropout included); the
+                # backward differentiates it with torch.autograd.grad.
+                pre.requires_grad_()
+                with torch.enable_grad():
+                    post = hidden_fn(pre)
+                y_e = torch.addmm(b2[e], post.detach(), w2[e])
+                saved.append((pre, post, y_e))  # x_e is gathered again in the backward
+                y_e = y_e * gate_e.unsqueeze(1)
+            else:
+                y_e = torch.addmm(b2[e], hidden_fn(pre), w2[e]).mul_(gate_e.unsqueeze(1))
+            if unique:
+                out.index_copy_(0, rows_e, y_e)
+            else:
+                out.index_add_(0, rows_e, y_e)
+    return out, (w1, w2, gate), saved
+
+
+class _ExpertLoop(torch.autograd.Function):
+    """Gather, ``addmm -> hidden_fn -> addmm``, gate and scatter, one expert at a time.
+
+    ``out[rows[i]] (+)= gate[i] * FFN_{e}(flat[rows[i]])`` for the ``sizes[e]`` rows of
+    each expert ``e``.  Compared with the same computation as separate autograd ops, each
+    expert's rows are gathered, computed, scaled and scattered while they are in cache,
+    and no sorted ``[M, d]`` copy of the inputs, outputs or their gradients is built; the
+    weight gradients are written straight into the stacked ``[E, ...]`` gradients (plain
+    autograd would compute E slices and stack them).  Computes in ``dtype``; gradients
+    are returned in the dtype of each input.
+    """
+
+    @staticmethod
+    def forward(ctx, flat, gate, w1, b1, w2, b2, rows, sizes, hidden_fn, unique, num_rows, dtype):
+        ctx.dtypes = [t.dtype for t in (flat, gate, w1, b1, w2, b2)]
+        out, (w1c, w2c, gate_c), saved = _expert_loop_forward(
+            flat, gate, w1, b1, w2, b2, rows, sizes, hidden_fn, unique, num_rows, dtype, keep=True
+        )
+        ctx.save_for_backward(flat, rows, w1c, w2c, gate_c)
+        ctx.saved, ctx.sizes, ctx.unique, ctx.num_rows = saved, sizes, unique, num_rows
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        if ctx.saved is None:
+            raise RuntimeError("backward through the MoE experts twice (retain_graph) is not supported")
+        flat, rows, w1, w2, gate = ctx.saved_tensors
+        grad_out = grad_out.to(w1.dtype)
+        dtypes = ctx.dtypes
+        grad_flat = _new_rows(ctx.num_rows, grad_out.new_empty(0, w1.shape[1], dtype=dtypes[0]), rows, ctx.unique)
+        grad_gate = gate.new_empty(gate.shape)
+        grad_w1, grad_w2 = torch.empty_like(w1), torch.empty_like(w2)
+        grad_b1, grad_b2 = w1.new_empty(w1.shape[0], w1.shape[2]), w2.new_empty(w2.shape[0], w2.shape[2])
+        saved, ctx.saved = ctx.saved, None
+        chunks = zip(rows.split(ctx.sizes), gate.split(ctx.sizes), grad_gate.split(ctx.sizes))
+        for e, (rows_e, gate_e, grad_gate_e) in enumerate(chunks):
+            # Take this expert's saved tensors out of the list, so that they are freed at the
+            # end of the iteration, as autograd frees a node's saved tensors after its backward.
+            pre, post, y_e = saved[e]
+            saved[e] = None
+            x_e = flat.index_select(0, rows_e).to(w1.dtype)
+            g_e = grad_out.index_select(0, rows_e)
+            torch.sum(g_e * y_e, 1, out=grad_gate_e)
+            g_e.mul_(gate_e.unsqueeze(1))
+            torch.mm(post.detach().t(), g_e, out=grad_w2[e])
+            torch.sum(g_e, 0, out=grad_b2[e])
+            grad_hidden = torch.mm(g_e, w2[e].t())
+            if post is not pre:
+                (grad_hidden,) = torch.autograd.grad(post, pre, grad_hidden)
+            torch.mm(x_e.t(), grad_hidden, out=grad_w1[e])
+            torch.sum(grad_hidden, 0, out=grad_b1[e])
+            if not ctx.needs_input_grad[0]:
+                continue
+            grad_x = torch.mm(grad_hidden, w1[e].t()).to(dtypes[0])
+            if ctx.unique:
+                grad_flat.index_copy_(0, rows_e, grad_x)
+            else:
+                grad_flat.index_add_(0, rows_e, grad_x)
+        grads = [g.to(t) for g, t in zip((grad_gate, grad_w1, grad_b1, grad_w2, grad_b2), dtypes[1:])]
+        return (grad_flat if ctx.needs_input_grad[0] else None, *grads) + (None,) * 6
+
+
+class _GatherUniqueRows(torch.autograd.Function):
+    """``x.index_select(0, rows)`` for distinct ``rows``.
+
+    Its backward scatters the gradient rows back without accumulation (``index_copy``)
+    instead of ``index_select``'s accumulating ``index_add``, which is slower on CPU and
+    uses atomics on CUDA.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(rows)
+        ctx.num_rows = x.shape[0]
+        return x.index_select(0, rows)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (rows,) = ctx.saved_tensors
+        return _new_rows(ctx.num_rows, grad, rows, True).index_copy_(0, rows, grad), None

@@ -95,47 +95,66 @@ class MoEFeedForward(nn.Module):
         if mask is None:
             mask = self.pad_mask
         flat = x.reshape(-1, x.shape[-1])
-        if mask is None:
-            frames, index = flat, None
-        else:
+        index = None  # rows of ``flat`` that are routed (None: all of them)
+        if mask is not None:
             if mask.shape != x.shape[:-1]:
                 raise ValueError(
                     f"MoE padding mask has shape {tuple(mask.shape)}, expected {tuple(x.shape[:-1])}"
                 )
             index = mask.reshape(-1).nonzero().squeeze(1)
-            frames = flat.index_select(0, index)
+            if index.shape[0] == flat.shape[0]:
+                index = None  # no padding in this batch: no gather, no scatter
+        frames = flat if index is None else flat.index_select(0, index)
         routing = self.router(frames)
-        out, dropped = self._dispatch(frames, routing)
+        out, dropped = self._dispatch(flat, index, routing)
         self.last = LayerRouting(routing=routing, valid=mask, dropped=dropped)
-        if index is not None:
-            out = out.new_zeros(flat.shape).index_copy(0, index, out)
         return out.view(x.shape)
 
-    def _dispatch(self, frames: torch.Tensor, routing: Routing):
+    def _dispatch(self, flat: torch.Tensor, index: Optional[torch.Tensor], routing: Routing):
         """Sort the (frame, choice) assignments by expert and run the experts.
 
-        Returns the ``[N, d]`` combined output and the number of dropped assignments.
+        Args:
+            flat: ``[R, d]`` all frames, padded ones included.
+            index: ``[N]`` rows of ``flat`` that ``routing`` routes (None: all ``R`` rows).
+            routing: the routing of those ``N`` frames.
+
+        Returns the ``[R, d]`` combined output (zero on rows not routed and on dropped
+        assignments) and the number of dropped assignments.
+
+        The expert inputs are gathered straight from ``flat`` and the outputs scattered
+        straight back into a tensor of its shape (padding removal included, see
+        ``Experts.combine``); nothing of size ``[N, E, capacity]`` is ever built.
         """
-        num_frames = frames.shape[0]
         num_experts = self.router.num_experts
-        # k-major flattening: all first choices, then all second choices, ...
-        expert = routing.expert.t().reshape(-1)
-        gate = routing.gate.t().reshape(-1)
-        token = torch.arange(num_frames, device=frames.device).repeat(routing.expert.shape[1])
+        num_frames, top_k = routing.expert.shape
+        if top_k == 1:
+            # Each frame is at most once in the sorted order: no repeat/arange, and the
+            # combine is a scatter without accumulation.
+            expert, gate, token = routing.expert[:, 0], routing.gate[:, 0], None
+        else:
+            # k-major flattening: all first choices, then all second choices, ...
+            expert = routing.expert.t().reshape(-1)
+            gate = routing.gate.t().reshape(-1)
+            token = torch.arange(num_frames, device=flat.device).repeat(top_k)
         order = torch.argsort(expert, stable=True)
-        sorted_expert = expert[order]
-        counts = torch.bincount(expert, minlength=num_experts)
+        sorted_expert = expert.index_select(0, order)
+        # Per-expert counts without a host sync (bincount on CUDA would sync on its max).
+        ends = torch.searchsorted(
+            sorted_expert, torch.arange(num_experts, device=flat.device), right=True
+        )
+        counts = torch.diff(ends, prepend=ends.new_zeros(1))
         dropped = counts.new_zeros(())
         capacity = self.capacity(num_frames)
         if capacity is not None:
-            first = counts.cumsum(0) - counts
-            keep = torch.arange(order.numel(), device=order.device) - first[sorted_expert] < capacity
+            position = torch.arange(order.shape[0], device=order.device) - (ends - counts)[sorted_expert]
+            keep = position < capacity
             order, sorted_expert = order[keep], sorted_expert[keep]
             kept = counts.clamp(max=capacity)
             dropped = (counts - kept).sum()
             counts = kept
-        sorted_token = token[order]
-        y = self.experts(frames.index_select(0, sorted_token), counts, sorted_expert)
-        y = y * gate[order].unsqueeze(1).to(y.dtype)
-        out = frames.new_zeros(num_frames, frames.shape[1], dtype=y.dtype)
-        return out.index_add_(0, sorted_token, y), dropped
+        sorted_gate = gate.index_select(0, order)
+        rows = order if token is None else token.index_select(0, order)  # frame of each row
+        if index is not None:
+            rows = index.index_select(0, rows)  # ... as a row of ``flat``
+        out = self.experts.combine(flat, rows, counts, sorted_expert, sorted_gate, unique=token is None)
+        return out, dropped

@@ -1,0 +1,76 @@
+"""Markdown tables of the benchmark results (shared by the scripts and make_readme.py)."""
+
+
+def fmt_bytes(n):
+    return f"{n / 2**20:.0f} MiB"
+
+
+def stall(load):
+    """Share of the timing during which some task waited for a CPU (other jobs), if known."""
+    if not load or load.get("stall_pct") is None:
+        return "-"
+    return f"{load['stall_pct']:.0f}%"
+
+
+def cell_time(case, v):
+    r = case["variants"].get(v, {})
+    if "skipped" in r:
+        return r["skipped"]
+    if "median_s" not in r:
+        return "-"
+    if v == "dense":
+        return f"{r['median_s'] * 1e3:.1f} ms"
+    return f"{r['median_s'] / case['variants']['dense']['median_s']:.2f}x"
+
+
+def cell_mem(case, v):
+    r = case["variants"].get(v, {})
+    if "skipped" in r:
+        return "skipped"
+    if "peak_bytes" not in r:
+        return "-"
+    if v == "dense":
+        return fmt_bytes(r["peak_bytes"])
+    return f"{r['peak_bytes'] / case['variants']['dense']['peak_bytes']:.2f}x"
+
+
+def table(cases, variants, memory=True):
+    """Markdown table: dense absolute, others as ratio to dense; loop/moe speed-up."""
+    others = [v for v in variants if v != "dense"]
+    head = ["d x h", "S", "E", "rounds", "dense time"] + [f"{v} time" for v in others]
+    if "moe" in variants and "loop" in variants:
+        head.append("loop/moe")
+    if memory:
+        head += ["dense mem"] + [f"{v} mem" for v in others]
+    head.append("CPU stall")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for case in cases:
+        row = [f"{case['d']}x{case['h']}", str(case["frames"]), str(case["experts"]), str(case.get("repeats", "-"))]
+        row += [cell_time(case, "dense")] + [cell_time(case, v) for v in others]
+        if "moe" in variants and "loop" in variants:
+            loop, moe = case["variants"]["loop"], case["variants"]["moe"]
+            row.append(f"{loop['median_s'] / moe['median_s']:.2f}x" if "median_s" in loop and "median_s" in moe else "-")
+        if memory:
+            row += [cell_mem(case, "dense")] + [cell_mem(case, v) for v in others]
+        row.append(stall(case.get("machine_load")))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def encoder_table(results, memory=True):
+    base = results["dense"]
+    head = ["encoder", "params", "step time", "vs dense"] + (["peak mem", "vs dense"] if memory else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for k, r in results.items():
+        row = [
+            f"{k} ({r['encoder']})",
+            f"{r['params'] / 1e6:.2f} M",
+            f"{r['median_s'] * 1e3:.0f} ms",
+            f"{r['median_s'] / base['median_s']:.2f}x",
+        ]
+        if memory:
+            row += [fmt_bytes(r["peak_bytes"]), f"{r['peak_bytes'] / base['peak_bytes']:.2f}x"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+

@@ -1,0 +1,360 @@
+"""Forward+backward time and peak memory of one MoE FFN against the dense FFN.
+
+Variants, all with the same width ``d``, expert/FFN hidden size ``h`` and activation, and
+(for the MoE variants) the same router weights and expert weights, so the same routing:
+
+  dense   ESPnet's ``PositionwiseFeedForward``: ``Linear(d, h) -> act -> Linear(h, d)``
+  moe     ours: ``MoEFeedForward`` (top-1, dropless, sort dispatch)
+  loop    the common peer pattern: one ``nn.Module`` FFN per expert and a Python loop with
+          boolean masks, ``for e: m = idx == e; out[m] = gate[m, None] * ffn_e(x[m])``
+  gshard  GShard-style one-hot einsum dispatch, capacity factor 1.25: dispatch and combine
+          tensors ``[S, E, C]``, ``C = ceil(1.25 S / E)``; over-capacity frames get 0
+  moe_gmm (opt-in, ``--variants``) ours with ``Experts.impl = "grouped_mm"`` forced
+
+Grid (defaults = full grid): ``--experts 4,8,16 --frames 2048,8192,32768
+--dims 256x1024,512x2048``.  CPU runs fp32; CUDA runs bf16 autocast (router in fp32).
+Times: median of ``--repeats`` interleaved rounds after ``--warmup`` rounds (see
+``_bench.py``).  Peak memory: extra tensor memory of one step (see ``_bench.py``).
+Cases that would take too long or too much memory are listed as ``skipped (reason)``.
+
+    python benchmarks/moe_ffn.py --out benchmarks/results/moe_ffn.json
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _bench  # noqa: E402
+from _tables import cell_mem, cell_time, table  # noqa: E402
+
+from espnet.nets.pytorch_backend.conformer.swish import Swish  # noqa: E402
+from espnet.nets.pytorch_backend.transformer.positionwise_feed_forward import (  # noqa: E402
+    PositionwiseFeedForward,
+)
+
+from espnet_omnirouter.moe import Experts, MoEFeedForward, Router  # noqa: E402
+
+ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "espnet_swish": Swish}
+ALL_VARIANTS = ("dense", "moe", "loop", "gshard", "moe_gmm")
+DEFAULT_VARIANTS = ("dense", "moe", "loop", "gshard")
+
+
+class LoopMoE(nn.Module):
+    """Per-expert Python loop with boolean masks (one FFN module per expert)."""
+
+    def __init__(self, d, h, num_experts, activation):
+        super().__init__()
+        self.router = nn.Linear(d, num_experts, bias=False)
+        self.experts = nn.ModuleList(
+            PositionwiseFeedForward(d, h, 0.0, activation()) for _ in range(num_experts)
+        )
+
+    def forward(self, x):
+        flat = x.reshape(-1, x.shape[-1])
+        with torch.autocast(flat.device.type, enabled=False):
+            probs = self.router(flat.float()).softmax(dim=-1)
+        gate, idx = probs.max(dim=-1)
+        out = None
+        for e, ffn in enumerate(self.experts):
+            m = idx == e
+            y = gate[m, None] * ffn(flat[m])
+            if out is None:
+                out = flat.new_zeros(flat.shape, dtype=y.dtype)
+            out[m] = y.to(out.dtype)
+        return out.view(x.shape)
+
+
+class GShardMoE(nn.Module):
+    """One-hot einsum dispatch/combine with a fixed expert capacity (GShard)."""
+
+    def __init__(self, d, h, num_experts, activation, capacity_factor=1.25):
+        super().__init__()
+        self.num_experts = num_experts
+        self.capacity_factor = capacity_factor
+        self.router = nn.Linear(d, num_experts, bias=False)
+        self.w1 = nn.Parameter(torch.empty(num_experts, d, h))
+        self.b1 = nn.Parameter(torch.empty(num_experts, h))
+        self.w2 = nn.Parameter(torch.empty(num_experts, h, d))
+        self.b2 = nn.Parameter(torch.empty(num_experts, d))
+        self.activation = activation()
+
+    def capacity(self, num_frames):
+        return math.ceil(self.capacity_factor * num_frames / self.num_experts)
+
+    def forward(self, x):
+        flat = x.reshape(-1, x.shape[-1])
+        num_frames, e = flat.shape[0], self.num_experts
+        c = self.capacity(num_frames)
+        with torch.autocast(flat.device.type, enabled=False):
+            probs = self.router(flat.float()).softmax(dim=-1)
+            gate, idx = probs.max(dim=-1)
+            onehot = nn.functional.one_hot(idx, e).float()  # [S, E]
+            position = (onehot.cumsum(0) - 1) * onehot  # slot of each frame in its expert
+            keep = onehot * (position < c)  # [S, E]
+            slot = nn.functional.one_hot((position * keep).sum(1).long(), c).float()  # [S, C]
+            dispatch = keep.unsqueeze(2) * slot.unsqueeze(1)  # [S, E, C]
+            combine = gate[:, None, None] * dispatch  # [S, E, C]
+        dtype = torch.get_autocast_dtype(flat.device.type) if torch.is_autocast_enabled(
+            flat.device.type
+        ) else flat.dtype
+        expert_in = torch.einsum("sec,sd->ecd", dispatch.to(dtype), flat.to(dtype))
+        hidden = self.activation(
+            torch.einsum("ecd,edh->ech", expert_in, self.w1.to(dtype)) + self.b1.to(dtype)[:, None]
+        )
+        expert_out = torch.einsum("ech,ehd->ecd", hidden, self.w2.to(dtype)) + self.b2.to(dtype)[:, None]
+        out = torch.einsum("sec,ecd->sd", combine.to(dtype), expert_out)
+        return out.view(x.shape)
+
+
+def build(variant, d, h, num_experts, act, ref):
+    """The module of ``variant``; MoE variants copy the router/expert weights of ``ref``."""
+    if variant == "dense":
+        return PositionwiseFeedForward(d, h, 0.0, act())
+    if variant in ("moe", "moe_gmm"):
+        experts = Experts(num_experts, d, h, act(), 0.0)
+        if variant == "moe_gmm":
+            experts.impl = "grouped_mm"
+        layer = MoEFeedForward(Router(d, num_experts, top_k=1), experts, capacity_factor=None)
+        if ref is not None:
+            layer.load_state_dict(ref.state_dict())
+        return layer
+    ex = ref.experts
+    if variant == "loop":
+        m = LoopMoE(d, h, num_experts, act)
+        with torch.no_grad():
+            m.router.weight.copy_(ref.router.weight)
+            for e, ffn in enumerate(m.experts):
+                ffn.w_1.weight.copy_(ex.w1[e].t())
+                ffn.w_1.bias.copy_(ex.b1[e])
+                ffn.w_2.weight.copy_(ex.w2[e].t())
+                ffn.w_2.bias.copy_(ex.b2[e])
+        return m
+    if variant == "gshard":
+        m = GShardMoE(d, h, num_experts, act)
+        with torch.no_grad():
+            m.router.weight.copy_(ref.router.weight)
+            for name in ("w1", "b1", "w2", "b2"):
+                getattr(m, name).copy_(getattr(ex, name))
+        return m
+    raise ValueError(variant)
+
+
+def gshard_bytes(frames, num_experts):
+    c = math.ceil(1.25 * frames / num_experts)
+    return frames * num_experts * c * 4  # one float32 [S, E, C] tensor
+
+
+def parse_list(text, cast=int):
+    return [cast(v) for v in text.split(",") if v]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experts", default="4,8,16")
+    parser.add_argument("--frames", default="2048,8192,32768")
+    parser.add_argument("--dims", default="256x1024,512x2048", help="d x h pairs")
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"of {ALL_VARIANTS}")
+    parser.add_argument("--activation", default="silu", choices=sorted(ACTIVATIONS))
+    parser.add_argument("--repeats", type=int, default=7, help="timed rounds (at most; see --case-budget-s)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    parser.add_argument(
+        "--gshard-max-gib", type=float, default=1.0,
+        help="skip gshard where one [S, E, C] float32 tensor exceeds this (GiB)",
+    )
+    parser.add_argument(
+        "--case-budget-s", type=float, default=25.0,
+        help="fewer timed rounds (but at least 3) where --repeats rounds would take longer (0: no cut)",
+    )
+    parser.add_argument(
+        "--max-step-s", type=float, default=20.0,
+        help="drop a variant from a case when its first (warm-up) step takes longer (0: no limit)",
+    )
+    parser.add_argument(
+        "--quiet-psi", type=float, default=0.0,
+        help="before each case, wait until CPU pressure from other processes (PSI some avg10, %%) "
+        "is below this, and time it again if the stall while timing exceeded it; 0 = off",
+    )
+    parser.add_argument("--quiet-wait-s", type=float, default=60.0, help="longest wait for --quiet-psi")
+    parser.add_argument(
+        "--quiet-retries", type=int, default=2,
+        help="with --quiet-psi: measure a case again when CPU stall while timing it exceeded --quiet-psi",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="JSON output path")
+    parser.add_argument(
+        "--update", default=None, metavar="JSON",
+        help="measure the grid again and merge it into this earlier result (replacing its cases; "
+        "variants, activation, threads and rounds are taken from it); written to --out (default: JSON)",
+    )
+    parser.add_argument(
+        "--redo-stalled", type=float, default=None, metavar="PCT",
+        help="with --update: the grid is the cases of JSON whose CPU stall while timing exceeded PCT %%",
+    )
+    args = parser.parse_args(argv)
+    previous = None
+    if args.update:
+        with open(args.update) as f:
+            previous = json.load(f)
+        old = previous["config"]
+        for key in ("variants", "activation", "threads", "warmup", "repeats", "case_budget_s", "seed"):
+            setattr(args, key, ",".join(old[key]) if key == "variants" else old[key])
+        args.out = args.out or args.update
+    elif args.redo_stalled is not None:
+        parser.error("--redo-stalled needs --update")
+
+    torch.set_num_threads(args.threads)
+    device = _bench.pick_device(args.device)
+    variants = parse_list(args.variants, str)
+    for v in variants:
+        if v not in ALL_VARIANTS:
+            parser.error(f"unknown variant {v}")
+    if "dense" not in variants:
+        variants.insert(0, "dense")
+    dims = [tuple(int(v) for v in p.split("x")) for p in parse_list(args.dims, str)]
+    dtype_name = "bf16 autocast" if device.type == "cuda" else "fp32"
+    info = _bench.machine_info(device)
+    act = ACTIVATIONS[args.activation]
+    print(
+        f"# moe_ffn: {info['device_name']} | torch {info['torch']} | threads {torch.get_num_threads()} "
+        f"| {dtype_name} | activation {args.activation} | warmup {args.warmup} | "
+        f"median of up to {args.repeats} rounds (at least 3; fewer where they would take over "
+        f"{args.case_budget_s:g} s)"
+    )
+    autocast = (
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext
+    )
+
+    grid = [(d, h, s, e) for d, h in dims for s in parse_list(args.frames) for e in parse_list(args.experts)]
+    if args.redo_stalled is not None:
+        grid = [
+            (c["d"], c["h"], c["frames"], c["experts"])
+            for c in previous["cases"]
+            if (c.get("machine_load") or {}).get("stall_pct") is None
+            or c["machine_load"]["stall_pct"] > args.redo_stalled
+        ]
+        print(f"# measuring again {len(grid)} case(s) of {args.update} timed with CPU stall > {args.redo_stalled:g}%")
+    cases = []
+    t_start = time.time()
+    for d, h, frames, num_experts in grid:
+            case = dict(d=d, h=h, frames=frames, experts=num_experts, variants={})
+            if previous is not None:
+                case["measured"] = time.strftime("%Y-%m-%d %H:%M:%S")
+            cases.append(case)
+            torch.manual_seed(args.seed)
+            x = torch.randn(1, frames, d, device=device, requires_grad=True)
+            grad = torch.randn(1, frames, d, device=device)
+            ref = build("moe", d, h, num_experts, act, None).to(device)
+            modules, skipped = {}, {}
+            for v in variants:
+                if v == "gshard" and gshard_bytes(frames, num_experts) > args.gshard_max_gib * 2**30:
+                    skipped[v] = (
+                        f"skipped ([S,E,C] tensor {gshard_bytes(frames, num_experts) / 2**30:.1f} GiB"
+                        f" > --gshard-max-gib {args.gshard_max_gib:g})"
+                    )
+                    continue
+                modules[v] = ref if v == "moe" else build(v, d, h, num_experts, act, ref).to(device)
+
+            def make_step(m):
+                params = list(m.parameters())
+
+                def zero():
+                    x.grad = None
+                    for p in params:
+                        p.grad = None
+
+                def step():
+                    zero()
+                    with autocast():
+                        y = m(x)
+                    y.backward(grad.to(y.dtype))
+
+                step.zero = zero
+                return step
+
+            steps = {v: make_step(m) for v, m in modules.items()}
+            # Sanity: same routing and weights -> same output (gshard: where it kept the frame).
+            with torch.no_grad(), autocast():
+                y_ref = ref(x).float()
+                counts = torch.bincount(ref.last.routing.expert[:, 0], minlength=num_experts)
+                case["max_load_frac"] = counts.max().item() / frames
+                for v, m in modules.items():
+                    if v in ("dense", "moe"):
+                        continue
+                    y = m(x).float()
+                    kept = y.abs().sum(-1) > 0 if v == "gshard" else torch.ones_like(y[..., 0], dtype=torch.bool)
+                    err = (y - y_ref)[kept].abs().max().item() if kept.any() else 0.0
+                    case["variants"].setdefault(v, {})["max_abs_diff_vs_moe"] = err
+            (times, slow), case["machine_load"] = _bench.run_quietly(
+                lambda: _bench.time_interleaved(
+                    steps, device, args.warmup, args.repeats, args.max_step_s, args.case_budget_s
+                ),
+                args.quiet_psi, args.quiet_wait_s, args.quiet_retries,
+            )
+            for v, seconds in slow.items():
+                skipped[v] = f"skipped (first step {seconds:.0f} s > --max-step-s {args.max_step_s:g})"
+                del steps[v]
+            for v, ts in times.items():
+                case["variants"].setdefault(v, {}).update(times_s=ts, median_s=_bench.median(ts))
+            case["repeats"] = max((len(ts) for ts in times.values()), default=0)
+            if not args.no_memory:
+                for v, step in steps.items():
+                    case["variants"][v]["peak_bytes"] = _bench.peak_memory(step, device)
+            for v, reason in skipped.items():
+                case["variants"][v] = {"skipped": reason}
+            print_case(case, variants, memory=not args.no_memory)
+            del modules, steps, ref, x, grad
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    elapsed = time.time() - t_start
+    print(f"# total {elapsed:.0f} s")
+    print()
+    print(table(cases, variants, memory=not args.no_memory))
+    if previous is not None:
+        if previous["machine"]["device"] != info["device"]:
+            sys.exit(f"--update: {args.update} was measured on {previous['machine']['device']}, not {info['device']}")
+        key = lambda c: (c["d"], c["h"], c["frames"], c["experts"])  # noqa: E731
+        new = {key(c): c for c in cases}
+        merged = [new.pop(key(c), c) for c in previous["cases"]] + list(new.values())
+        previous["config"].setdefault("updates", []).append(
+            dict(time=info["time"], cases=[list(k) for k in map(key, cases)], elapsed_s=elapsed,
+                 redo_stalled=args.redo_stalled, loadavg_at_start=info.get("loadavg_at_start"))
+        )
+        payload = dict(previous, cases=merged)
+        cases = merged
+        print("\n# merged:")
+        print(table(cases, variants, memory=not args.no_memory))
+    else:
+        payload = dict(
+            benchmark="moe_ffn",
+            machine=info,
+            config=dict(
+                vars(args), dtype=dtype_name, variants=variants, elapsed_s=elapsed,
+                memory="CPU: peak of the allocator's running total under torch.profiler(profile_memory=True); "
+                "CUDA: max_memory_allocated - memory_allocated before the step",
+            ),
+            cases=cases,
+        )
+    if args.out:
+        _bench.write_json(args.out, payload)
+    return cases
+
+
+def print_case(case, variants, memory):
+    parts = [f"d={case['d']} h={case['h']} S={case['frames']} E={case['experts']}:"]
+    for v in variants:
+        parts.append(f"{v} {cell_time(case, v)}" + (f" / {cell_mem(case, v)}" if memory else ""))
+    print("  ".join(parts), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""MoEFeedForward under torch.compile (CPU): same output and gradients as eager.
+
+Also the expert implementations against each other, and (skipped without a GPU) the CUDA
+paths against CPU; ``benchmarks/gpu_check.sh`` runs this file on GPU machines.
+
+The default backend here is ``aot_eager``: Dynamo captures the graphs and AOTAutograd
+traces their forward and backward, which is where data-dependent MoE code breaks, in a few
+seconds.  Inductor adds its C++ code generation (about a minute on a 2-core machine);
+set ``MOE_TEST_INDUCTOR=1`` to also run the inductor case.
+"""
+import copy
+import os
+from contextlib import nullcontext
+
+import pytest
+import torch
+
+from espnet_omnirouter.moe import Experts, MoEFeedForward, Router
+
+D, H, E = 16, 32, 4
+
+
+def make_layer(top_k, capacity_factor=None):
+    torch.manual_seed(0)
+    router = Router(D, E, top_k=top_k)
+    torch.nn.init.normal_(router.weight, std=1.0)  # far from uniform routing
+    experts = Experts(E, D, H, torch.nn.SiLU(), dropout_rate=0.0)
+    return MoEFeedForward(router, experts, capacity_factor=capacity_factor).train()
+
+
+def run(layer, x, mask, grad):
+    y = layer(x, mask)
+    params = [x, layer.router.weight, *layer.experts.parameters()]
+    return y, torch.autograd.grad(y, params, grad)
+
+
+SLOW = pytest.mark.skipif(
+    os.environ.get("MOE_TEST_INDUCTOR") != "1", reason="slow; set MOE_TEST_INDUCTOR=1"
+)
+
+
+@pytest.mark.parametrize(
+    "top_k, capacity_factor, padded, backend",
+    [
+        (1, None, True, "aot_eager"),
+        (1, None, False, "aot_eager"),
+        (2, None, True, "aot_eager"),
+        (1, 0.6, True, "aot_eager"),
+        pytest.param(1, None, True, "inductor", marks=SLOW),
+    ],
+)
+def test_compiled_matches_eager(top_k, capacity_factor, padded, backend):
+    torch._dynamo.reset()
+    layer = make_layer(top_k, capacity_factor)
+    x = torch.randn(3, 10, D, requires_grad=True)
+    mask = None
+    if padded:
+        mask = torch.ones(3, 10, dtype=torch.bool)
+        mask[1, 6:] = False
+        mask[2, 2:] = False
+    grad = torch.randn(3, 10, D)
+    y, g = run(layer, x, mask, grad)
+    eager_record = layer.last
+    compiled = torch.compile(layer, backend=backend)
+    y_c, g_c = run(compiled, x, mask, grad)
+    torch.testing.assert_close(y_c, y, atol=1e-5, rtol=1e-5)
+    for a, b in zip(g_c, g):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert layer.last is not eager_record  # the compiled forward recorded its routing
+    assert int(layer.last.dropped) == int(eager_record.dropped)
+    torch.testing.assert_close(layer.last.routing.probs, eager_record.routing.probs)
+    torch.testing.assert_close(layer.last.routing.expert, eager_record.routing.expert)
+
+
+@pytest.mark.parametrize("top_k, capacity_factor", [(1, None), (2, None), (1, 0.6), (2, 0.6)])
+def test_expert_implementations_agree(top_k, capacity_factor):
+    """The fused per-expert loop and the grouped_mm path (eager, CPU) agree."""
+    layer = make_layer(top_k, capacity_factor)
+    x = torch.randn(3, 10, D, requires_grad=True)
+    mask = torch.ones(3, 10, dtype=torch.bool)
+    mask[2, 4:] = False
+    grad = torch.randn(3, 10, D)
+    results = {}
+    for impl in ("loop", "grouped_mm"):
+        layer.experts.impl = impl
+        results[impl] = run(layer, x, mask, grad), int(layer.last.dropped)
+    (y_l, g_l), dropped_l = results["loop"]
+    (y_g, g_g), dropped_g = results["grouped_mm"]
+    assert dropped_l == dropped_g
+    torch.testing.assert_close(y_g, y_l, atol=1e-5, rtol=1e-5)
+    for a, b in zip(g_g, g_l):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert torch.all(y_l[2, 4:] == 0)
+
+
+def test_sorted_expert_forward_agrees():
+    """``Experts.forward`` on frames sorted by expert: both implementations, with grads."""
+    experts = make_layer(1).experts
+    x = torch.randn(20, D, requires_grad=True)
+    counts = torch.tensor([6, 0, 9, 5])
+    expert = torch.repeat_interleave(torch.arange(E), counts)
+    outs = []
+    for impl in ("loop", "grouped_mm"):
+        experts.impl = impl
+        y = experts(x, counts, expert)
+        outs.append((y, torch.autograd.grad(y, [x, *experts.parameters()], torch.ones_like(y))))
+    torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-5, rtol=1e-5)
+    for a, b in zip(outs[0][1], outs[1][1]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert torch.all(outs[0][1][3][1] == 0)  # idle expert 1: zero (not missing) bias gradient
+
+
+class _PlainLoopExperts(Experts):
+    """The loop path as separate autograd ops (what _ExpertLoop fuses), for reference."""
+
+    def combine(self, flat, rows, counts, expert, gate, unique):
+        x = flat.index_select(0, rows)
+        params = zip(self.w1.unbind(0), self.b1.unbind(0), self.w2.unbind(0), self.b2.unbind(0))
+        y = torch.cat(
+            [
+                torch.addmm(b2, self.dropout(self.activation(torch.addmm(b1, xe, w1))), w2)
+                for xe, (w1, b1, w2, b2) in zip(x.split(counts.tolist()), params)
+            ]
+        )
+        out = flat.new_zeros(flat.shape)
+        return out.index_add(0, rows, y * gate.unsqueeze(1))
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_fused_loop_with_dropout_matches_plain_autograd(top_k):
+    """Same dropout masks (same RNG order), same output and gradients; also the no-grad path."""
+    torch.manual_seed(0)
+    fused = MoEFeedForward(Router(D, E, top_k=top_k), Experts(E, D, H, torch.nn.SiLU(), 0.5))
+    torch.nn.init.normal_(fused.router.weight, std=1.0)
+    plain = MoEFeedForward(Router(D, E, top_k=top_k), _PlainLoopExperts(E, D, H, torch.nn.SiLU(), 0.5))
+    plain.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 12, D, requires_grad=True)
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    mask[1, 9:] = False
+    grad = torch.randn(2, 12, D)
+    results = []
+    for layer in (fused, plain):
+        torch.manual_seed(1)
+        results.append(run(layer.train(), x, mask, grad))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-6, rtol=1e-6)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        torch.testing.assert_close(fused(x, mask), results[0][0], atol=1e-6, rtol=1e-6)
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def hopper():
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
+
+
+@CUDA
+@pytest.mark.parametrize("top_k", [1, 2])
+@pytest.mark.parametrize("mode", ["fp32", "bf16"])  # per-slice loop; grouped_mm on sm90+
+def test_cuda_matches_cpu(mode, top_k):
+    layer = make_layer(top_k)
+    x = torch.randn(4, 40, D, requires_grad=True)
+    mask = torch.ones(4, 40, dtype=torch.bool)
+    mask[1, 30:] = False
+    grad = torch.randn(4, 40, D)
+    y, g = run(layer, x, mask, grad)
+    gpu = copy.deepcopy(layer).cuda()
+    x_gpu = x.detach().cuda().requires_grad_()
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if mode == "bf16" else nullcontext()
+    with amp:
+        y_gpu, g_gpu = run(gpu, x_gpu, mask.cuda(), grad.cuda())
+    tol = dict(atol=1e-4, rtol=1e-4) if mode == "fp32" else dict(atol=5e-2, rtol=5e-2)
+    torch.testing.assert_close(y_gpu.float().cpu(), y, **tol)
+    for a, b in zip(g_gpu, g):
+        torch.testing.assert_close(a.float().cpu(), b, **tol)
+    assert gpu.last.routing.probs.dtype == torch.float32
+
+
+@CUDA
+@pytest.mark.skipif(not hopper(), reason="grouped_mm path needs sm90+")
+def test_cuda_grouped_mm_path_has_no_host_sync():
+    """Top-1, dropless, no padding mask, bf16: forward+backward never waits for the GPU."""
+    layer = make_layer(1).cuda()
+    x = torch.randn(4, 64, D, device="cuda", requires_grad=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        assert layer.experts.use_grouped_mm(x.to(torch.bfloat16))
+        layer(x).float().sum().backward()  # warm-up (lazy init may sync)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            layer(x).float().sum().backward()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+
+
+@CUDA
+@pytest.mark.skipif(not hopper(), reason="grouped_mm path needs sm90+")
+def test_cuda_bf16_compiled_matches_eager():
+    torch._dynamo.reset()
+    layer = make_layer(1).cuda()
+    x = torch.randn(3, 16, D, device="cuda", requires_grad=True)
+    grad = torch.randn(3, 16, D, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y, g = run(layer, x, None, grad)
+        y_c, g_c = run(torch.compile(layer, backend="aot_eager"), x, None, grad)
+    torch.testing.assert_close(y_c, y, atol=1e-2, rtol=1e-2)
+    for a, b in zip(g_c, g):
+        torch.testing.assert_close(a, b, atol=1e-2, rtol=1e-2)
