@@ -46,7 +46,7 @@ def machine_line(run):
         f"`{m['device_name']}`",
         f"{m['cpu_cores']} cores" if m["device"] == "cpu" else f"{m['device']}, host CPU {m['cpu_model']}",
         f"torch {m['torch']}",
-        f"{m['threads']} threads",
+        f"{m['threads']} thread{'s' if m['threads'] != 1 else ''}",
         c["dtype"],
         f"warm-up {c['warmup']}, median of "
         + (f"up to {c['repeats']} rounds (column `rounds`)" if "case_budget_s" in c else f"{c['repeats']} rounds"),
@@ -54,6 +54,11 @@ def machine_line(run):
     ]
     if load:
         parts.append(f"load average at start {load[0]:.1f}")
+    for update in c.get("updates", []):
+        parts.append(
+            f"{len(update['cases'])} case(s) measured again {update['time']}"
+            + (f" (those timed with CPU stall > {update['redo_stalled']:g}%)" if update.get("redo_stalled") is not None else "")
+        )
     return "Machine: " + " | ".join(parts)
 
 
@@ -126,7 +131,10 @@ def generate(results_dir):
         if moe is None and enc is None:
             continue
         threads = (moe or enc)["machine"]["threads"]
-        out.append(f"### Acceptance, CPU, {title} ({threads} threads; `results/{moe_name}`, `results/{enc_name}`)\n")
+        out.append(
+            f"### Acceptance, CPU, {title} ({threads} thread{'s' if threads != 1 else ''}; "
+            f"`results/{moe_name}`, `results/{enc_name}`)\n"
+        )
         out.append(acceptance(moe, enc) + "\n")
     for name, title in MOE_RUNS:
         run = load(results_dir, name)
