@@ -117,6 +117,27 @@ def run_quietly(measure: Callable[[], object], max_psi: float, max_wait_s: float
         print(f"#   CPU stall {stall:.0f}% > {max_psi:g}% while measuring: again", flush=True)
 
 
+
+def add_common_args(parser, warmup: int = 1) -> None:
+    """The options both benchmarks share: rounds, threads, device, memory pass, quiet gating, seed, output."""
+    parser.add_argument("--repeats", type=int, default=7, help="timed rounds")
+    parser.add_argument("--warmup", type=int, default=warmup, help="untimed rounds first")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    parser.add_argument(
+        "--quiet-psi", type=float, default=0.0,
+        help="before each case, wait until CPU pressure from other processes (PSI some avg10, %%) "
+        "is below this, and time it again if the stall while timing exceeded it; 0 = off",
+    )
+    parser.add_argument("--quiet-wait-s", type=float, default=60.0, help="longest wait for --quiet-psi")
+    parser.add_argument(
+        "--quiet-retries", type=int, default=2,
+        help="with --quiet-psi: measure a case again when CPU stall while timing it exceeded --quiet-psi",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="JSON output path")
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

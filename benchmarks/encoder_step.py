@@ -63,23 +63,7 @@ def main(argv=None):
         help="lengths spread evenly from this to --seconds (default: all --seconds, no padding)",
     )
     parser.add_argument("--feat-dim", type=int, default=80)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--no-memory", action="store_true")
-    parser.add_argument(
-        "--quiet-psi", type=float, default=0.0,
-        help="wait until CPU pressure from other processes (PSI some avg10, %%) is below this, and "
-        "time again if the stall while timing exceeded it; 0 = off",
-    )
-    parser.add_argument("--quiet-wait-s", type=float, default=60.0, help="longest wait for --quiet-psi")
-    parser.add_argument(
-        "--quiet-retries", type=int, default=2,
-        help="with --quiet-psi: measure again when CPU stall while timing exceeded --quiet-psi",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None, help="JSON output path")
+    _bench.add_common_args(parser, warmup=2)
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)

@@ -162,11 +162,7 @@ def main(argv=None):
     parser.add_argument("--dims", default="256x1024,512x2048", help="d x h pairs")
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"of {ALL_VARIANTS}")
     parser.add_argument("--activation", default="silu", choices=sorted(ACTIVATIONS))
-    parser.add_argument("--repeats", type=int, default=7, help="timed rounds (at most; see --case-budget-s)")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    _bench.add_common_args(parser)
     parser.add_argument(
         "--gshard-max-gib", type=float, default=1.0,
         help="skip gshard where one [S, E, C] float32 tensor exceeds this (GiB)",
@@ -179,18 +175,6 @@ def main(argv=None):
         "--max-step-s", type=float, default=20.0,
         help="drop a variant from a case when its first (warm-up) step takes longer (0: no limit)",
     )
-    parser.add_argument(
-        "--quiet-psi", type=float, default=0.0,
-        help="before each case, wait until CPU pressure from other processes (PSI some avg10, %%) "
-        "is below this, and time it again if the stall while timing exceeded it; 0 = off",
-    )
-    parser.add_argument("--quiet-wait-s", type=float, default=60.0, help="longest wait for --quiet-psi")
-    parser.add_argument(
-        "--quiet-retries", type=int, default=2,
-        help="with --quiet-psi: measure a case again when CPU stall while timing it exceeded --quiet-psi",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None, help="JSON output path")
     parser.add_argument(
         "--update", default=None, metavar="JSON",
         help="measure the grid again and merge it into this earlier result (replacing its cases; "
