@@ -203,11 +203,15 @@ def _new_rows(num_rows: int, like: torch.Tensor, rows: torch.Tensor, unique: boo
     return like.new_zeros(shape)
 
 
+def _put_rows(out: torch.Tensor, rows: torch.Tensor, y: torch.Tensor, unique: bool) -> torch.Tensor:
+    """``out[rows[i]] += y[i]`` in place; distinct ``rows`` (``unique``) are copied, not accumulated."""
+    return out.index_copy_(0, rows, y) if unique else out.index_add_(0, rows, y)
+
+
 def _scatter_rows(y: torch.Tensor, rows: torch.Tensor, num_rows: int, unique: bool) -> torch.Tensor:
     """``out[rows[i]] += y[i]`` into a new ``[num_rows, d]`` tensor (0 elsewhere), with autograd."""
-    out = _new_rows(num_rows, y, rows, unique)
     # In place on a fresh buffer: the out-of-place versions would first clone it.
-    return out.index_copy_(0, rows, y) if unique else out.index_add_(0, rows, y)
+    return _put_rows(_new_rows(num_rows, y, rows, unique), rows, y, unique)
 
 
 def _expert_loop_forward(flat, gate, w1, b1, w2, b2, rows, sizes, hidden_fn, unique, num_rows, dtype, keep=False):
@@ -231,10 +235,7 @@ def _expert_loop_forward(flat, gate, w1, b1, w2, b2, rows, sizes, hidden_fn, uni
                 y_e = y_e * gate_e.unsqueeze(1)
             else:
                 y_e = torch.addmm(b2[e], hidden_fn(pre), w2[e]).mul_(gate_e.unsqueeze(1))
-            if unique:
-                out.index_copy_(0, rows_e, y_e)
-            else:
-                out.index_add_(0, rows_e, y_e)
+            _put_rows(out, rows_e, y_e, unique)
     return out, (w1, w2, gate), saved
 
 
@@ -293,10 +294,7 @@ class _ExpertLoop(torch.autograd.Function):
             if not ctx.needs_input_grad[0]:
                 continue
             grad_x = torch.mm(grad_hidden, w1[e].t()).to(dtypes[0])
-            if ctx.unique:
-                grad_flat.index_copy_(0, rows_e, grad_x)
-            else:
-                grad_flat.index_add_(0, rows_e, grad_x)
+            _put_rows(grad_flat, rows_e, grad_x, ctx.unique)
         grads = [g.to(t) for g, t in zip((grad_gate, grad_w1, grad_b1, grad_w2, grad_b2), dtypes[1:])]
         return (grad_flat if ctx.needs_input_grad[0] else None, *grads) + (None,) * 6
 
@@ -318,4 +316,4 @@ class _GatherUniqueRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (rows,) = ctx.saved_tensors
-        return _new_rows(ctx.num_rows, grad, rows, True).index_copy_(0, rows, grad), None
+        return _scatter_rows(grad, rows, ctx.num_rows, True), None
