@@ -14,6 +14,8 @@ cd "$(dirname "$0")/.."
 if [[ -z "${PYTHON:-}" ]]; then
     if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python; fi
 fi
+# our tests need no pytest plugins; a GPU image's own (e.g. jaxtyping's) can fail to load
+export PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
 OUT_DIR=${OUT_DIR:-benchmarks/results}
 mkdir -p "$OUT_DIR"
 start=$SECONDS

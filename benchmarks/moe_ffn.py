@@ -44,6 +44,7 @@ from espnet_omnirouter.moe import Experts, MoEFeedForward, Router  # noqa: E402
 ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "espnet_swish": Swish}
 ALL_VARIANTS = ("dense", "moe", "loop", "gshard", "moe_gmm")
 DEFAULT_VARIANTS = ("dense", "moe", "loop", "gshard")
+COMPILED_VARIANTS = ("dense", "moe", "moe_gmm")  # with --compile
 
 
 class LoopMoE(nn.Module):
@@ -176,6 +177,12 @@ def main(argv=None):
         help="drop a variant from a case when its first (warm-up) step takes longer (0: no limit)",
     )
     parser.add_argument(
+        "--compile", nargs="?", const="default", default=None, metavar="MODE",
+        help="time torch.compile'd dense and MoE modules (loop and gshard stay eager), with this "
+        "compile mode (default, reduce-overhead = CUDA graphs, max-autotune); compiling happens "
+        "in the warm-up rounds",
+    )
+    parser.add_argument(
         "--update", default=None, metavar="JSON",
         help="measure the grid again and merge it into this earlier result (replacing its cases; "
         "variants, activation, threads and rounds are taken from it); written to --out (default: JSON)",
@@ -195,6 +202,8 @@ def main(argv=None):
         args.out = args.out or args.update
     elif args.redo_stalled is not None:
         parser.error("--redo-stalled needs --update")
+    if args.compile:
+        args.max_step_s = 0.0  # the first step compiles: its time says nothing about the variant
 
     torch.set_num_threads(args.threads)
     device = _bench.pick_device(args.device)
@@ -206,6 +215,8 @@ def main(argv=None):
         variants.insert(0, "dense")
     dims = [tuple(int(v) for v in p.split("x")) for p in parse_list(args.dims, str)]
     dtype_name = "bf16 autocast" if device.type == "cuda" else "fp32"
+    if args.compile:
+        dtype_name += f", torch.compile mode={args.compile} (dense, moe)"
     info = _bench.machine_info(device)
     act = ACTIVATIONS[args.activation]
     print(
@@ -265,7 +276,13 @@ def main(argv=None):
                 step.zero = zero
                 return step
 
-            steps = {v: make_step(m) for v, m in modules.items()}
+            steps = {
+                v: make_step(
+                    torch.compile(m, mode=args.compile)
+                    if args.compile and v in COMPILED_VARIANTS else m
+                )
+                for v, m in modules.items()
+            }
             # Sanity: same routing and weights -> same output (gshard: where it kept the frame).
             with torch.no_grad(), autocast():
                 y_ref = ref(x).float()

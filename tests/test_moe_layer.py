@@ -181,3 +181,28 @@ def test_mask_shape_error():
     layer = make_layer()
     with pytest.raises(ValueError, match="padding mask"):
         layer(torch.randn(2, 5, D), torch.ones(2, 4, dtype=torch.bool))
+
+
+def test_deepcopy_and_pickle_after_a_training_forward():
+    """``last`` holds graph tensors; copies (EMA, averaging, torch.save) must still work."""
+    import copy
+    import io
+
+    router = Router(D, E, top_k=1)
+    layers = torch.nn.ModuleList(
+        MoEFeedForward(router, Experts(E, D, H, torch.nn.ReLU(), 0.0), own_router=i == 0) for i in range(2)
+    )
+    x = torch.randn(2, 5, D, requires_grad=True)
+    y = layers[1](layers[0](x))
+    assert layers[0].last is not None and layers[0].last.routing.probs.grad_fn is not None
+    copied = copy.deepcopy(layers)
+    assert all(m.last is None and m.pad_mask is None for m in copied)
+    assert layers[0].last is not None  # the original keeps its step's routing
+    assert copied[0].router is copied[1].router  # a shared router stays shared in the copy
+    assert copied[0].router is not layers[0].router
+    torch.testing.assert_close(copied[1](copied[0](x)), y)
+    buf = io.BytesIO()
+    torch.save(layers, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    torch.testing.assert_close(loaded[1](loaded[0](x)), y)

@@ -76,6 +76,13 @@ class MoEFeedForward(nn.Module):
         self.pad_mask: Optional[torch.Tensor] = None
         self.last: Optional[LayerRouting] = None
 
+    def __getstate__(self):
+        # ``last`` holds the last forward's graph (non-leaf tensors, which cannot be deep-copied)
+        # and ``pad_mask`` the next forward's input: per-step values, not part of the module.
+        # Without this, copy.deepcopy / pickling of a model fails after any training forward.
+        state = super().__getstate__()
+        return {**state, "last": None, "pad_mask": None}
+
     def capacity(self, num_frames: int) -> Optional[int]:
         """Assignments each expert may take for ``num_frames`` frames (None: unlimited)."""
         if self.capacity_factor is None or not self.training:
