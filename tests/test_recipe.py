@@ -31,6 +31,7 @@ COMMON = [
     "--python", PYTHON,
     "--asr_config", "conf/tiny/train_asr_omni_router_conformer.yaml",
     "--inference_config", "conf/tiny/decode_asr.yaml",
+    "--lm_config", "conf/tiny/train_lm.yaml",  # run.sh trains and uses an LM (--use_lm true)
     "--asr_args", "--max_epoch 1",
     "--nj", "2",
     "--local_data_opts", "--train_hours 0.01 --dev_utts 6 --test_utts 4",
@@ -40,7 +41,8 @@ COMMON = [
     # stage 9 without network, stage 10 on a few utterances
     "--hf_repo", "demo-user/synth-omni", "--dry_run", "true", "--analysis_max_utts", "4",
 ]
-DECODE_TAG = "decode_asr_asr_model_valid.loss.ave_maxlenratio0.3"
+DECODE_TAG = "decode_asr_asr_model_valid.loss.ave_lm_tiny_train_lm_char_maxlenratio0.3"
+LM_EXP = "exp/lm_tiny_train_lm_char"
 
 
 def make_recipe_dir(root: Path) -> Path:
@@ -166,6 +168,24 @@ def test_training_outputs(exp):
     assert "max_epoch: 1" in config
 
 
+def test_language_model_trained_and_used(recipe, exp):
+    d = recipe["dir"]
+    lm = d / LM_EXP
+    assert (lm / "train.log").is_file() and (lm / "1epoch.pth").is_file()
+    assert (lm / "valid.loss.ave.pth").exists()
+    config = (lm / "config.yaml").read_text()
+    assert "lm: seq_rnn" in config
+    # the LM shares the ASR model's token list (the char list of stage 3)
+    import yaml
+
+    lm_tokens = yaml.safe_load(config)["token_list"]
+    assert lm_tokens == (d / "data/token_list/char/tokens.txt").read_text().splitlines()
+    assert f"language model -> {LM_EXP}" in recipe["second"].stdout
+    log = (exp / DECODE_TAG / "test_seen" / "logdir" / "asr_inference.1.log").read_text()
+    assert f"--lm_file {LM_EXP}/valid.loss.ave.pth" in log
+    assert f"--lm_train_config {LM_EXP}/config.yaml" in log
+
+
 def test_decode_outputs_and_rtf(recipe, exp):
     d = recipe["dir"]
     dec = exp / DECODE_TAG
@@ -214,14 +234,18 @@ def test_packed_model(recipe, exp):
     # pack stores symlinks (valid.loss.ave.pth -> ... -> 1epoch.pth) under their target's name
     model = os.path.relpath((exp / "valid.loss.ave.pth").resolve(), recipe["dir"].resolve())
     for f in (f"{rel}/config.yaml", f"{rel}/RESULTS.md", model,
-              "exp/asr_stats_raw_char/train/feats_stats.npz"):
+              "exp/asr_stats_raw_char/train/feats_stats.npz", f"{LM_EXP}/config.yaml"):
         assert f in names, (f, names)
+    lm_model = os.path.relpath((recipe["dir"] / LM_EXP / "valid.loss.ave.pth").resolve(),
+                               recipe["dir"].resolve())
+    assert lm_model in names, (lm_model, names)
     assert not [n for n in names if n.endswith("bpe.model")]  # characters: no tokenizer model
     from espnet_model_zoo.downloader import ModelDownloader
 
     files = ModelDownloader(str(recipe["dir"] / "zoo_cache")).download_and_unpack(str(z))
     assert Path(files["asr_train_config"]).is_file()
     assert Path(files["asr_model_file"]).is_file()
+    assert Path(files["lm_train_config"]).is_file() and Path(files["lm_file"]).is_file()
 
 
 def test_upload_dry_run_writes_card_and_folder(recipe, exp):
@@ -267,6 +291,18 @@ def test_stage6_decodes_again_without_training(recipe, exp):
     assert float(dict(line.split(": ", 1) for line in
                       (dec / "rtf.txt").read_text().splitlines())["jobs"]) == 2
     assert (exp / "asr_model.zip").is_file()
+
+
+def test_use_lm_false_decodes_without_the_lm(recipe, exp):
+    d = recipe["dir"]
+    out = ok(run(d, ["./run.sh", *COMMON, "--use_lm", "false", "--stage", "6", "--stop_stage", "7",
+                     "--test_sets", "test_real", "--inference_nj", "1"]))
+    tag = DECODE_TAG.replace("_lm_tiny_train_lm_char", "")
+    assert "Stage 5:" not in out and "language model" not in out
+    log = (exp / tag / "test_real" / "logdir" / "asr_inference.1.log").read_text()
+    assert "--lm_file" not in log and "--lm_train_config" not in log
+    assert set(read_kaldi(exp / tag / "test_real" / "text")) == set(
+        read_kaldi(d / "dump/raw/test_real/text"))
 
 
 # --------------------------------------------------------------------------------------------

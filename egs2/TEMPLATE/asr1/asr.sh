@@ -9,7 +9,10 @@
 #   3. tokens      sentencepiece (bpe) or char token list     -> data/token_list/<type>/tokens.txt
 #   4. stats       asr_train --collect_stats + aggregate      -> ${expdir}/asr_stats_*/train/feats_stats.npz
 #   5. train       asr_train                                  -> ${expdir}/asr_${asr_tag}/
+#                  with --use_lm true first an LM on the training transcripts (lm_train)
+#                                                             -> ${expdir}/lm_${lm_tag}/
 #   6. decode      asr_inference over ${inference_nj} jobs    -> .../<decode_tag>/<test_set>/text, rtf.txt
+#                  (with --use_lm true: shallow fusion with that LM, weight lm_weight of the decode config)
 #   7. score       WER/CER with jiwer                         -> .../score_{wer,cer}/result.txt, RESULTS.md
 #   8. pack        espnet2.bin.pack asr                       -> ${expdir}/asr_${asr_tag}/asr_model.zip
 #   9. upload      model card + Hugging Face upload (only with --hf_repo; --dry_run true: no network)
@@ -71,6 +74,13 @@ feats_normalize=     # normalize layer: empty = the config's choice; global_mvn 
 asr_speech_fold_length=800   # fold length of speech (x100 samples) for batch_type folded
 asr_text_fold_length=150     # fold length of text
 
+# Language model (optional): trained in stage 5 on the training transcripts, used in stage 6
+use_lm=false         # train an LM and use it in decoding (shallow fusion; lm_weight in the decode config)
+lm_config=           # LM training config (yaml), e.g. conf/train_lm.yaml
+lm_tag=              # LM experiment name suffix: ${expdir}/lm_${lm_tag} (default from config)
+lm_exp=              # LM experiment dir (overrides lm_tag)
+lm_args=             # extra arguments for LM training, e.g. "--max_epoch 5"
+
 # Decoding
 inference_config=    # decoding config (yaml)
 inference_args=      # extra arguments for decoding, e.g. "--beam_size 5"
@@ -88,6 +98,7 @@ _options=(stage stop_stage ngpu nj inference_nj gpu_inference dumpdir expdir pyt
     token_type nbpe bpemode bpe_char_cover bpe_nlsyms
     asr_config asr_tag asr_exp asr_stats_dir asr_args feats_normalize
     asr_speech_fold_length asr_text_fold_length
+    use_lm lm_config lm_tag lm_exp lm_args
     inference_config inference_args inference_asr_model inference_tag batch_size
     hf_repo dry_run analysis_max_utts)
 
@@ -108,7 +119,7 @@ EOF
     cat <<EOF
 
 Stages: 1 data prep (local/data.sh), 2 format (resample, filter), 3 token list, 4 collect stats,
-        5 train, 6 decode (+RTF), 7 score (WER/CER, RESULTS.md), 8 pack (asr_model.zip),
+        5 train (and the LM with --use_lm true), 6 decode (+RTF), 7 score (WER/CER, RESULTS.md), 8 pack (asr_model.zip),
         9 upload to Hugging Face (--hf_repo; --dry_run true), 10 routing analysis (MoE encoders)
 EOF
 }
@@ -166,7 +177,7 @@ for _o in stage stop_stage ngpu nj inference_nj nbpe batch_size analysis_max_utt
         exit 2
     fi
 done
-for _o in gpu_inference dry_run; do
+for _o in gpu_inference dry_run use_lm; do
     case "${!_o}" in
         true | false) ;;
         *)
@@ -201,6 +212,10 @@ _needs() {  # option names that must be set for the selected stages $1..$2
 _needs 2 5 train_set valid_set
 _needs 4 5 asr_config
 _needs 6 7 test_sets
+if ${use_lm} && [ -z "${lm_config}" ] && [ -z "${lm_exp}" ]; then
+    err "--use_lm true needs --lm_config (to train the LM in stage 5) or --lm_exp (a trained LM)"
+    exit 2
+fi
 if [ "${stage}" -le 10 ] && [ "${stop_stage}" -ge 4 ] && [ -z "${asr_config}" ] && [ -z "${asr_exp}" ]; then
     err "--asr_config (or --asr_exp) is required for stages 4-10"
     exit 2
@@ -251,6 +266,23 @@ if [ -z "${asr_exp}" ]; then
     fi
     asr_exp=${expdir}/asr_${asr_tag}
 fi
+
+if [ -z "${lm_exp}" ]; then
+    if [ -z "${lm_tag}" ]; then
+        case "${lm_config}" in
+            "") lm_tag=lm ;;
+            conf/*) lm_tag="${lm_config#conf/}" ;;
+            *) lm_tag="$(basename "${lm_config}")" ;;
+        esac
+        lm_tag="${lm_tag%.yaml}"
+        lm_tag="${lm_tag//\//_}_${token_tag}"
+        if [ -n "${lm_args}" ]; then
+            lm_tag+="$(echo "${lm_args}" | sed -e 's/--/_/g' -e 's/[ |=/]//g')"
+        fi
+    fi
+    lm_exp=${expdir}/lm_${lm_tag}
+fi
+lm_stats_dir=${expdir}/lm_stats_${token_tag}
 
 _fs_hz=$("${python}" -c "v='${fs}'.lower(); print(int(float(v[:-1])*1000) if v.endswith('k') else int(float(v)))") || {
     err "--fs '${fs}' is not a sampling rate"
@@ -518,6 +550,46 @@ if _run_stage 4; then
 fi
 
 # ---------------------------------------------------------------------------------------------
+# stage 5, with --use_lm true: the LM, on the training (and validation) transcripts, with the ASR
+# model's token list, so that its scores fuse with the ASR decoder's token by token
+_train_lm() {
+    _require_file "${lm_config}" "--lm_config not found"
+    _require_file "${data_feats}/${train_set}/text" "run stage 2 first"
+    _require_file "${data_feats}/${valid_set}/text" "run stage 2 first"
+    log "language model -> ${lm_exp} (log: ${lm_exp}/train.log)"
+    local _logdir=${lm_stats_dir}/logdir _p _ntok
+    rm -rf "${_logdir}" "${lm_stats_dir}/train" "${lm_stats_dir}/valid"
+    mkdir -p "${_logdir}"
+    split_keys "${data_feats}/${train_set}/text" 1 "${_logdir}/train"
+    split_keys "${data_feats}/${valid_set}/text" 1 "${_logdir}/valid"
+    # shellcheck disable=SC2086
+    run_logged "LM statistics" "${_logdir}/stats.log" \
+        "${python}" -m espnet2.bin.lm_train \
+        --collect_stats true --use_preprocessor true "${_token_opts[@]}" \
+        --train_data_path_and_name_and_type "${data_feats}/${train_set}/text,text,text" \
+        --valid_data_path_and_name_and_type "${data_feats}/${valid_set}/text,text,text" \
+        --train_shape_file "${_logdir}/train.1.scp" --valid_shape_file "${_logdir}/valid.1.scp" \
+        --output_dir "${lm_stats_dir}" --config "${lm_config}" ${lm_args}
+    _ntok=$(wc -l <"${token_list}")
+    for _p in train valid; do
+        _require_file "${lm_stats_dir}/${_p}/text_shape" "see ${_logdir}/stats.log"
+        awk -v N="${_ntok}" '{ print $0 "," N }' "${lm_stats_dir}/${_p}/text_shape" \
+            >"${lm_stats_dir}/${_p}/text_shape.${token_type}"
+    done
+    mkdir -p "${lm_exp}"
+    # shellcheck disable=SC2086
+    run_logged "LM training" "${lm_exp}/train.log" \
+        "${python}" -m espnet2.bin.lm_train \
+        --use_preprocessor true "${_token_opts[@]}" \
+        --train_data_path_and_name_and_type "${data_feats}/${train_set}/text,text,text" \
+        --train_shape_file "${lm_stats_dir}/train/text_shape.${token_type}" \
+        --valid_data_path_and_name_and_type "${data_feats}/${valid_set}/text,text,text" \
+        --valid_shape_file "${lm_stats_dir}/valid/text_shape.${token_type}" \
+        --fold_length "${asr_text_fold_length}" --resume true --ngpu "$((ngpu > 0 ? 1 : 0))" \
+        --output_dir "${lm_exp}" --config "${lm_config}" ${lm_args}
+    log "language model finished: ${lm_exp} ($(grep -o 'valid.loss=[0-9.]*' "${lm_exp}/train.log" | tail -n 1))"
+}
+
 if _run_stage 5; then
     _begin_stage 5 "training -> ${asr_exp} (log: ${asr_exp}/train.log)"
     _require_file "${asr_config}" "--asr_config not found"
@@ -536,6 +608,9 @@ if _run_stage 5; then
             --normalize_conf "stats_file=${asr_stats_dir}/train/feats_stats.npz")
     elif [ -n "${feats_normalize}" ]; then
         _norm_opts=(--normalize "${feats_normalize}")
+    fi
+    if ${use_lm}; then
+        _train_lm
     fi
     _dist_opts=(--ngpu "${ngpu}")
     if [ "${ngpu}" -gt 1 ]; then
@@ -574,6 +649,15 @@ _resolve_model() {  # sets inference_asr_model and inference_tag (once)
     }
     inference_asr_model=${m}
     _model_resolved=true
+    _lm_opts=()
+    if ${use_lm}; then
+        m=$("${python}" "${pyscripts}/resolve_model.py" --exp_dir "${lm_exp}") || {
+            err "stage ${current_stage} (${current_stage_name}): no LM to use in ${lm_exp} (train it:" \
+                "stage 5 with --use_lm true and --lm_config)"
+            exit 1
+        }
+        _lm_opts=(--lm_train_config "${lm_exp}/config.yaml" --lm_file "${lm_exp}/${m}")
+    fi
     if [ -z "${inference_tag}" ]; then
         if [ -n "${inference_config}" ]; then
             inference_tag="$(basename "${inference_config}" .yaml)"
@@ -581,6 +665,9 @@ _resolve_model() {  # sets inference_asr_model and inference_tag (once)
             inference_tag="decode"
         fi
         inference_tag+="_asr_model_$(echo "${inference_asr_model}" | sed -e 's/\//_/g' -e 's/\.[^.]*$//')"
+        if ${use_lm}; then
+            inference_tag+="_lm_$(basename "${lm_exp}" | sed -e 's/^lm_//')"
+        fi
         if [ -n "${inference_args}" ]; then
             inference_tag+="$(echo "${inference_args}" | sed -e 's/--/_/g' -e 's/[ |=/]//g')"
         fi
@@ -614,7 +701,7 @@ if _run_stage 6; then
             --key_file "${_logdir}/keys.JOB.scp" \
             --asr_train_config "${asr_exp}/config.yaml" \
             --asr_model_file "${asr_exp}/${inference_asr_model}" \
-            --output_dir "${_logdir}/output.JOB" \
+            --output_dir "${_logdir}/output.JOB" "${_lm_opts[@]+"${_lm_opts[@]}"}" \
             "${_conf_opts[@]+"${_conf_opts[@]}"}" ${inference_args}
         _t1=$(date +%s.%N)
         for _f in token token_int score text; do
@@ -682,7 +769,7 @@ if _run_stage 8; then
     run_logged "packing" "${asr_exp}/pack.log" \
         "${python}" -m espnet2.bin.pack asr \
         --asr_train_config "${asr_exp}/config.yaml" \
-        --asr_model_file "${asr_exp}/${inference_asr_model}" \
+        --asr_model_file "${asr_exp}/${inference_asr_model}" "${_lm_opts[@]+"${_lm_opts[@]}"}" \
         "${_opts[@]}" --outpath "${asr_exp}/asr_model.zip"
     log "packed model: ${asr_exp}/asr_model.zip"
 fi

@@ -23,12 +23,20 @@ inference_config=conf/decode_asr.yaml
 token_type=char
 nbpe=150
 
+# A character LSTM LM on the training transcripts (trained in stage 5, a few minutes on a CPU),
+# fused in beam search with conf/decode_asr.yaml's lm_weight.  Measured on the first character
+# demo model (README): test_seen WER 42.7% without, 29.4% with it.  --use_lm false turns it off.
+use_lm=true
+lm_config=conf/train_lm.yaml
+
 ./asr.sh \
     --train_set "${train_set}" \
     --valid_set "${valid_set}" \
     --test_sets "${test_sets}" \
     --token_type "${token_type}" \
     --nbpe "${nbpe}" \
+    --use_lm "${use_lm}" \
+    --lm_config "${lm_config}" \
     --fs 16k \
     --min_wav_duration 0.1 \
     --max_wav_duration 20 \
