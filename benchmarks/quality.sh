@@ -56,6 +56,7 @@
 #   --test_sets STR         test sets (empty: run.sh's five)               []
 #   --ood_sets STR          out-of-domain sets averaged in the report      [test_unseen_voice test_noisy test_tempo test_real]
 #   --run_opts STR          more options for every run.sh call, e.g. "--ngpu 1" or "--nj 2 --inference_nj 1"
+#                           (the models are decoded without an LM; "--use_lm true" fuses the recipe's LM)
 #   --jobs N                models trained/decoded at the same time        [1]
 #                           (>1 only for smoke tests: parallel runs distort the training times)
 #   --stage N / --stop_stage N   1 corpus + stats, 2 models, 3 report      [1 / 3]
@@ -170,7 +171,8 @@ if [ -n "${inference_args}" ]; then
     inference_tag+="$(echo "${inference_args}" | sed -e 's/--/_/g' -e 's/[ |=/]//g')"
 fi
 
-common=(--python "${python}" --asr_stats_dir "${expdir}/asr_stats")
+# the acoustic models are compared without the recipe's LM (--run_opts "--use_lm true" adds it)
+common=(--python "${python}" --asr_stats_dir "${expdir}/asr_stats" --use_lm false)
 [ -n "${test_sets}" ] && common+=(--test_sets "${test_sets}")
 [ -n "${inference_config}" ] && common+=(--inference_config "${inference_config}")
 read -r -a _run_opts <<<"${run_opts}"

@@ -101,12 +101,19 @@ def load_speech2text(model: Union[str, Path], cache_dir: Optional[str] = None, *
     :func:`resolve_model_files`), its checkpoint checked strictly.
 
     Keyword arguments go to ``Speech2Text`` (``device``, ``beam_size``, ``ctc_weight``, ...).
+    A language model packed with the model (``asr.sh --use_lm true``) is used, as
+    espnet_model_zoo's ``Speech2Text.from_pretrained`` does, with ESPnet's default
+    ``lm_weight`` 1.0 unless you pass another (the synth_en recipe decodes with 0.6);
+    ``lm_train_config=None, lm_file=None`` leaves it out.
     """
     from espnet2.bin.asr_inference import Speech2Text
 
     files = resolve_model_files(model, cache_dir)
+    packed_lm = {k: files[k] for k in ("lm_train_config", "lm_file") if files.get(k)}
     speech2text = Speech2Text(
-        asr_train_config=files["asr_train_config"], asr_model_file=files["asr_model_file"], **speech2text_kwargs
+        asr_train_config=files["asr_train_config"],
+        asr_model_file=files["asr_model_file"],
+        **{**packed_lm, **speech2text_kwargs},
     )
     check_checkpoint(speech2text.asr_model, files["asr_model_file"])
     return speech2text

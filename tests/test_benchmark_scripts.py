@@ -77,6 +77,9 @@ def test_quality_outputs(quality):
     # the work dir is a recipe copy made of links; the repository's recipe is untouched
     assert (quality["work"] / "run.sh").is_symlink()
     assert "Step 3: report" in quality["stdout"]
+    # acoustic models compared without the recipe's LM (run.sh would train one by default)
+    assert not list((quality["work"] / "exp").rglob("lm_*"))
+    assert "language model" not in quality["stdout"]
 
 
 def test_quality_json_equals_score_files(quality):

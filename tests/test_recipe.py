@@ -246,6 +246,14 @@ def test_packed_model(recipe, exp):
     assert Path(files["asr_train_config"]).is_file()
     assert Path(files["asr_model_file"]).is_file()
     assert Path(files["lm_train_config"]).is_file() and Path(files["lm_file"]).is_file()
+    # the hub loader fuses the packed LM, unless told not to
+    import espnet_omnirouter  # noqa: F401
+    from espnet_omnirouter.hub import load_speech2text
+
+    cache = str(recipe["dir"] / "hub_cache")
+    assert "lm" in load_speech2text(z, cache, lm_weight=0.6).beam_search.full_scorers
+    plain = load_speech2text(z, cache, lm_train_config=None, lm_file=None)
+    assert "lm" not in plain.beam_search.full_scorers
 
 
 def test_upload_dry_run_writes_card_and_folder(recipe, exp):
