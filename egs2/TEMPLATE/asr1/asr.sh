@@ -251,34 +251,32 @@ token_list=${token_dir}/tokens.txt
 if [ -z "${asr_stats_dir}" ]; then
     asr_stats_dir=${expdir}/asr_stats_raw_${token_tag}
 fi
+# experiment names: conf/x.yaml -> x, conf/tiny/x.yaml -> tiny_x (keeps the tiny and full configs
+# apart), other paths -> their file name without .yaml
+_config_tag() {
+    local t
+    case "$1" in
+        conf/*) t="${1#conf/}" ;;
+        *) t="$(basename "$1")" ;;
+    esac
+    t="${t%.yaml}"
+    echo "${t//\//_}"
+}
+# extra arguments as a name suffix: "--max_epoch 1" -> _max_epoch1 (empty for none)
+_args_tag() {
+    [ -z "$1" ] || echo "$1" | sed -e 's/--/_/g' -e 's/[ |=/]//g'
+}
+
 if [ -z "${asr_exp}" ]; then
     if [ -z "${asr_tag}" ]; then
-        # conf/x.yaml -> x, conf/tiny/x.yaml -> tiny_x (keeps the tiny and full configs apart)
-        case "${asr_config}" in
-            conf/*) asr_tag="${asr_config#conf/}" ;;
-            *) asr_tag="$(basename "${asr_config}")" ;;
-        esac
-        asr_tag="${asr_tag%.yaml}"
-        asr_tag="${asr_tag//\//_}_raw_${token_tag}"
-        if [ -n "${asr_args}" ]; then
-            asr_tag+="$(echo "${asr_args}" | sed -e 's/--/_/g' -e 's/[ |=/]//g')"
-        fi
+        asr_tag="$(_config_tag "${asr_config}")_raw_${token_tag}$(_args_tag "${asr_args}")"
     fi
     asr_exp=${expdir}/asr_${asr_tag}
 fi
 
 if [ -z "${lm_exp}" ]; then
     if [ -z "${lm_tag}" ]; then
-        case "${lm_config}" in
-            "") lm_tag=lm ;;
-            conf/*) lm_tag="${lm_config#conf/}" ;;
-            *) lm_tag="$(basename "${lm_config}")" ;;
-        esac
-        lm_tag="${lm_tag%.yaml}"
-        lm_tag="${lm_tag//\//_}_${token_tag}"
-        if [ -n "${lm_args}" ]; then
-            lm_tag+="$(echo "${lm_args}" | sed -e 's/--/_/g' -e 's/[ |=/]//g')"
-        fi
+        lm_tag="$(_config_tag "${lm_config:-lm}")_${token_tag}$(_args_tag "${lm_args}")"
     fi
     lm_exp=${expdir}/lm_${lm_tag}
 fi
@@ -668,9 +666,7 @@ _resolve_model() {  # sets inference_asr_model and inference_tag (once)
         if ${use_lm}; then
             inference_tag+="_lm_$(basename "${lm_exp}" | sed -e 's/^lm_//')"
         fi
-        if [ -n "${inference_args}" ]; then
-            inference_tag+="$(echo "${inference_args}" | sed -e 's/--/_/g' -e 's/[ |=/]//g')"
-        fi
+        inference_tag+="$(_args_tag "${inference_args}")"
     fi
 }
 
