@@ -10,6 +10,7 @@ import yaml
 from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
 from espnet2.asr.encoder.transformer_encoder import TransformerEncoder
 from espnet2.tasks.asr import ASRTask, encoder_choices, model_choices
+from espnet2.tasks.lm import LMTask
 
 import espnet_omnirouter  # noqa: F401
 from espnet_omnirouter.encoders import (
@@ -189,12 +190,17 @@ def build_args(config, tmp_path):
     return parser.parse_args(["--config", config, "--token_list", str(tokens), "--output_dir", str(tmp_path)])
 
 
-CONFIGS = sorted({
-    os.path.realpath(c)
-    for c in glob.glob(os.path.join(ROOT, "conf", "train_*.yaml"))
-    + glob.glob(os.path.join(ROOT, "conf", "tiny", "train_*.yaml"))
-    + glob.glob(os.path.join(ROOT, "egs2", "*", "asr1", "conf", "train_*.yaml"))
-})
+def shipped_configs(pattern):
+    """Every shipped YAML matching ``pattern`` (symlinked recipe copies counted once)."""
+    return sorted({
+        os.path.realpath(c)
+        for d in (("conf",), ("conf", "tiny"), ("egs2", "*", "asr1", "conf"))
+        for c in glob.glob(os.path.join(ROOT, *d, pattern))
+    })
+
+
+CONFIGS = shipped_configs("train_asr_*.yaml")
+LM_CONFIGS = shipped_configs("train_lm*.yaml")
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[os.path.relpath(c, ROOT) for c in CONFIGS])
@@ -209,3 +215,19 @@ def test_build_model_from_conf(config, tmp_path):
         assert len(keys) == len(model.encoder.moe_ffns()) > 0
     else:
         assert keys == [] and not any(isinstance(m, MoEFeedForward) for m in model.modules())
+
+
+def test_every_training_config_is_tested():
+    every = set(shipped_configs("train_*.yaml"))
+    assert every == set(CONFIGS) | set(LM_CONFIGS) and LM_CONFIGS
+
+
+@pytest.mark.parametrize("config", LM_CONFIGS, ids=[os.path.relpath(c, ROOT) for c in LM_CONFIGS])
+def test_build_lm_from_conf(config, tmp_path):
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("\n".join(["<blank>", "<unk>", "A", "B", "<space>", "<sos/eos>"]) + "\n")
+    parser = LMTask.get_parser()
+    args = parser.parse_args(["--config", config, "--token_list", str(tokens), "--output_dir", str(tmp_path)])
+    model = LMTask.build_model(args)
+    tokens_in = torch.tensor([[2, 3, 4]])
+    assert model.lm(tokens_in, None)[0].shape == (1, 3, 6)
