@@ -6,8 +6,8 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 DEBIAN_PACKAGES := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts \
 	sox libsox-fmt-all fortunes fortunes-min wordnet-base pocketsphinx-testdata
-# Demo size (see README: expected time and results): 3 h of synthetic training audio, 9 epochs.
-DEMO_OPTS ?= --local_data_opts "--train_hours 3 --dev_utts 200 --test_utts 150" --asr_args "--max_epoch 9" --nj 2 --inference_nj 2
+# Demo size (see README: expected time and results): 3 h of synthetic training audio, 8 epochs.
+DEMO_OPTS ?= --local_data_opts "--train_hours 3 --dev_utts 200 --test_utts 150" --asr_args "--max_epoch 8" --nj 2 --inference_nj 2
 
 .PHONY: test demo install sysdeps clean-demo
 

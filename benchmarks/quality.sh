@@ -23,21 +23,19 @@
 # last checkpoint (earlier train.log files are kept as train.log.<time>, so the loss curves and
 # training times stay complete), decoding and scoring are redone.
 #
-# Default size: the corpus and schedule of `make demo` (3 h of audio, 9 epochs), so the Omni-router
-# model here is trained exactly as the demo's and the demo's measured times anchor the estimate:
+# Default size: the corpus and schedule of `make demo` (3 h of audio, 9 epochs, character targets), so
+# the Omni-router model here is trained exactly as the demo's acoustic model:
 #   --local_data_opts "--train_hours 3 --dev_utts 200 --test_utts 150"  --asr_args "--max_epoch 9"
-# Estimate on 2 quiet CPU cores (measured in `make demo`: an Omni epoch of 3 h takes 3.1-3.8 min, the
-# corpus + format + tokens + shapes ~3 min; the dense model's steps are ~0.7x the MoE models'):
+# The models are compared without the recipe's LM (the LM would mask acoustic differences).
+# Time on 2 quiet CPU cores, from the per-epoch times of single trainings (make demo, 2026-11-27):
 #   corpus, formatting, tokens, shapes                                                         ~  3 min
-#   training, 9 epochs x 3 h: Omni 9 x 3.6 + Switch 9 x 3.6 + dense 9 x 2.6 min (+ validation) ~ 90 min
-#   decoding (beam 5, 4 x 150 + 10 utterances), scoring, packing, routing analysis, report     ~ 15 min
-#   total                                                                                      ~110 min
-# 3 h of audio is ~450 batches per epoch (batch_bins 4e5: ~11 utterances a batch).  Measured in
-# `make demo` (README): with the current BPE-150 configs the Omni model does not leave the initial
-# CTC/attention plateau within these 9 epochs (WER ~100%), so this default compares untrained models
-# until that is fixed; do not read quality differences into such a run.  --seeds "1 2 3"
-# takes three times the training and decoding time.  Use another --workdir (or --expdir) for other
-# configs: a training resumes from the checkpoint it finds in its experiment dir.
+#   training, 9 epochs x 3 h (89 steps each): Omni 9 x 3.6 + Switch 9 x ~4.2 + dense 9 x ~3.3 ~ 100 min
+#   decoding (beam 5, 4 x 150 + 10 utterances, ~2.5 min a model), packing, routing analysis     ~ 12 min
+#   total                                                                                      ~115 min
+# (the one run so far could not be timed in one piece: it shared the CPUs with other work).
+# --seeds "1 2 3" takes three times the training and decoding time.  Never run two trainings on
+# the same 2 cores (--jobs 1): OpenMP oversubscription made epochs 3-5x slower.  Use another
+# --workdir (or --expdir) for other configs: a training resumes from the checkpoint it finds.
 #
 # Options (--name value or --name=value):
 #   --recipe_dir DIR        recipe to run                                  [egs2/synth_en/asr1]

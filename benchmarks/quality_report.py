@@ -38,8 +38,14 @@ from typing import Dict, List, Optional, Sequence
 
 DEFAULT_OOD = ["test_unseen_voice", "test_noisy", "test_tempo", "test_real"]
 SET_ORDER = ["test_seen", "test_unseen_voice", "test_noisy", "test_tempo", "test_real"]
-LABELS = {"dense": "Dense Conformer", "switch": "Switch Conformer", "omni": "Omni-router Conformer"}
-SHORT = {"dense": "dense", "switch": "Switch", "omni": "Omni-router"}
+LABELS = {
+    "dense": "Dense Conformer",
+    "switch": "Switch Conformer",
+    "omni": "Omni-router Conformer",
+    # conf/tuning/train_asr_omni_router_conformer_router_aux.yaml (diagnostic)
+    "omni_router_aux": "Omni-router, aux losses per router",
+}
+SHORT = {"dense": "dense", "switch": "Switch", "omni": "Omni-router", "omni_router_aux": "Omni-router (aux/router)"}
 REFERENCES = ("dense", "switch")  # relative changes are given against these models (when present)
 
 

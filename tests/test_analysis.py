@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from espnet_omnirouter.analysis import RoutingRecord, analyze_records, compute, metrics, split_routing
+from espnet_omnirouter.analysis import RoutingRecord, analyze_records, compute, metrics, split_gates, split_routing
 from espnet_omnirouter.moe import LayerRouting, Routing
 
 
@@ -203,7 +203,19 @@ def test_split_routing_follows_the_valid_mask():
         split_routing([recs[0], layer_routing([0] * 6, other)])
 
 
-def synthetic_record(name, seed, num_utts=6, num_layers=3, num_experts=4, shared=True):
+def test_split_gates_follows_the_valid_mask():
+    valid = [[True, True, False], [True, False, False]]
+    rec = layer_routing([0, 1, 2], valid)
+    rec.routing.gate = torch.tensor([[0.5], [0.25], [0.75]])
+    other = layer_routing([0, 0, 0], valid)  # gates 0.25
+    utts = split_gates([rec, other])
+    assert [u.tolist() for u in utts] == [[[0.5, 0.25], [0.25, 0.25]], [[0.75, 0.25]]]
+    assert utts[0].dtype == np.float32
+    with pytest.raises(ValueError, match="did not run"):
+        split_gates([rec, None])
+
+
+def synthetic_record(name, seed, num_utts=6, num_layers=3, num_experts=4, shared=True, gates=False):
     rng = np.random.default_rng(seed)
     experts = []
     for _ in range(num_utts):
@@ -211,6 +223,13 @@ def synthetic_record(name, seed, num_utts=6, num_layers=3, num_experts=4, shared
         base = np.repeat(rng.integers(0, num_experts, size=t // 3 + 1), 3)[:t]
         cols = [base] + [rng.integers(0, num_experts, size=t) for _ in range(num_layers - 2)] + [np.zeros(t, int)]
         experts.append(np.stack(cols[:num_layers], axis=1).astype(np.int32))
+    gate_values = None
+    if gates:  # layer l's gates are (l + 1) / (num_layers + 1), a quarter of the frames at 1
+        gate_values = []
+        for x in experts:
+            g = np.tile((np.arange(num_layers, dtype=np.float32) + 1) / (num_layers + 1), (len(x), 1))
+            g[: len(x) // 4] = 1.0
+            gate_values.append(g)
     return RoutingRecord(
         experts=experts,
         utt_ids=[f"{name}_{i}" for i in range(num_utts)],
@@ -220,6 +239,7 @@ def synthetic_record(name, seed, num_utts=6, num_layers=3, num_experts=4, shared
         shared_router=shared,
         name=name,
         sample_rate=16000,
+        gates=gate_values,
     )
 
 
@@ -230,6 +250,27 @@ def test_record_save_load_round_trip(tmp_path):
     assert back.utt_ids == rec.utt_ids and back.layer_names == rec.layer_names
     assert all(np.array_equal(x, y) for x, y in zip(back.experts, rec.experts))
     assert (back.num_experts, back.router_ids, back.shared_router) == (4, [0, 0, 0], True)
+    assert back.gates is None
+
+    rec = synthetic_record("g", 0, gates=True)
+    rec.save(str(tmp_path / "g.npz"))
+    back = RoutingRecord.load(str(tmp_path / "g.npz"))
+    assert [g.shape for g in back.gates] == [x.shape for x in rec.experts]
+    # stored as float16: the quarters and 1.0 are exact
+    assert all(np.array_equal(a, b) for a, b in zip(back.gates, rec.gates))
+
+
+def test_gate_means_per_layer_and_overall():
+    recs = [synthetic_record("a", 0, gates=True), synthetic_record("b", 1, gates=True)]
+    res = compute(recs)
+    gates = np.concatenate([g for r in recs for g in r.gates])
+    expected = gates.mean(axis=0)
+    assert res["usage"]["gate_mean"] == pytest.approx(expected.tolist())
+    assert res["headline"]["gate_mean"] == pytest.approx(float(gates.mean()))
+    assert expected[0] < expected[1] < expected[2]  # layer order kept
+    # a record without gates (older npz files) gives no gate numbers rather than wrong ones
+    mixed = compute([recs[0], synthetic_record("c", 2)])
+    assert mixed["usage"]["gate_mean"] is None and mixed["headline"]["gate_mean"] is None
 
 
 @pytest.mark.parametrize("shared", [True, False])

@@ -150,3 +150,9 @@ def test_padded_frames_are_never_routed(trained):
     with torch.no_grad():
         model.encode(first[None], torch.tensor([len(first)]))
     assert np.array_equal(split_routing(model.encoder.moe_records())[0], single.experts[0])
+    # ... and each frame's gate is the full-softmax router probability of its chosen expert.
+    for ffn, layer in zip(model.encoder.moe_ffns(), range(single.num_layers)):
+        routing = ffn.last.routing
+        chosen = routing.probs.gather(1, routing.expert[:, :1]).squeeze(1)
+        assert np.allclose(single.gates[0][:, layer], chosen.numpy(), atol=1e-6)
+    assert all(1.0 / single.num_experts - 1e-6 <= g.min() and g.max() <= 1.0 + 1e-6 for g in single.gates)

@@ -194,7 +194,7 @@ def shipped_configs(pattern):
     """Every shipped YAML matching ``pattern`` (symlinked recipe copies counted once)."""
     return sorted({
         os.path.realpath(c)
-        for d in (("conf",), ("conf", "tiny"), ("egs2", "*", "asr1", "conf"))
+        for d in (("conf",), ("conf", "tiny"), ("conf", "tuning"), ("egs2", "*", "asr1", "conf"))
         for c in glob.glob(os.path.join(ROOT, *d, pattern))
     })
 

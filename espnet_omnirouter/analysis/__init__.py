@@ -10,7 +10,7 @@ routing evolves over time (see ``python -m espnet_omnirouter.bin.analyze_routing
 """
 from espnet_omnirouter.analysis import metrics
 from espnet_omnirouter.analysis.data import WavScp, data_name
-from espnet_omnirouter.analysis.record import RoutingRecord, record_routing, split_routing
+from espnet_omnirouter.analysis.record import RoutingRecord, record_routing, split_gates, split_routing
 from espnet_omnirouter.analysis.report import analyze, analyze_records, compare_summaries, compute
 
 __all__ = [
@@ -23,5 +23,6 @@ __all__ = [
     "data_name",
     "metrics",
     "record_routing",
+    "split_gates",
     "split_routing",
 ]

@@ -1,4 +1,4 @@
-"""Record which expert every MoE layer chose for every real (non-padded) frame.
+"""Record which expert every MoE layer chose for every real (non-padded) frame, and its gate.
 
     >>> from espnet_omnirouter.hub import load_asr_model
     >>> from espnet_omnirouter.analysis import record_routing
@@ -39,6 +39,9 @@ class RoutingRecord:
         top_k: experts per frame of the routers (only the first choice is recorded).
         name: name of the data set.
         sample_rate: the audio's sample rate (0 when unknown).
+        gates: None, or one ``[T_u, L]`` float32 array per utterance, aligned with
+            ``experts``: the gate of the first choice (its full-softmax router probability,
+            in [1/E, 1]; how confident the router was).
     """
 
     experts: List[np.ndarray]
@@ -50,6 +53,7 @@ class RoutingRecord:
     top_k: int = 1
     name: str = ""
     sample_rate: int = 0
+    gates: Optional[List[np.ndarray]] = None
 
     @property
     def num_layers(self) -> int:
@@ -73,6 +77,14 @@ class RoutingRecord:
             return np.zeros((0, self.num_layers), dtype=np.int64)
         return np.concatenate(self.experts, axis=0).astype(np.int64, copy=False)
 
+    def frame_gates(self) -> Optional[np.ndarray]:
+        """All utterances' first-choice gates stacked: ``[N, L]`` float32; None if not recorded."""
+        if self.gates is None:
+            return None
+        if not self.gates:
+            return np.zeros((0, self.num_layers), dtype=np.float32)
+        return np.concatenate(self.gates, axis=0).astype(np.float32, copy=False)
+
     @classmethod
     def concat(cls, records: Sequence["RoutingRecord"], name: str = "all") -> "RoutingRecord":
         """The utterances of several records of the same model in one record."""
@@ -94,6 +106,11 @@ class RoutingRecord:
             top_k=first.top_k,
             name=name,
             sample_rate=first.sample_rate,
+            gates=(
+                [g for rec in records for g in rec.gates]
+                if all(rec.gates is not None for rec in records)
+                else None
+            ),
         )
 
     def save(self, path: str) -> None:
@@ -107,12 +124,14 @@ class RoutingRecord:
             name=self.name,
             sample_rate=self.sample_rate,
         )
+        gates = {} if self.gates is None else {"gates": self.frame_gates().astype(np.float16)}
         np.savez_compressed(
             path,
             frames=self.frames().astype(np.int32),
             lengths=self.lengths,
             utt_ids=np.array(self.utt_ids, dtype=str),
             meta=np.array(json.dumps(meta)),
+            **gates,
         )
 
     @classmethod
@@ -121,12 +140,16 @@ class RoutingRecord:
             meta = json.loads(str(z["meta"]))
             frames, lengths = z["frames"], z["lengths"]
             utt_ids = [str(u) for u in z["utt_ids"]]
-        experts = np.split(frames, np.cumsum(lengths)[:-1]) if len(lengths) else []
-        return cls(experts=list(experts), utt_ids=utt_ids, **meta)
+            gates = z["gates"].astype(np.float32) if "gates" in z else None
+        bounds = np.cumsum(lengths)[:-1]
+        experts = np.split(frames, bounds) if len(lengths) else []
+        if gates is not None:
+            gates = list(np.split(gates, bounds)) if len(lengths) else []
+        return cls(experts=list(experts), utt_ids=utt_ids, gates=gates, **meta)
 
 
 def split_routing(records: Sequence[Optional[LayerRouting]]) -> List[np.ndarray]:
-    """Split one forward's MoE routing into per-utterance ``[T_u, L]`` first-choice arrays.
+    """Split one forward's MoE routing into per-utterance ``[T_u, L]`` int32 first-choice arrays.
 
     Each record's ``routing.expert`` rows are the True entries of its ``valid`` ``[B, T]``
     mask in row-major order, so utterance ``b`` owns the next ``valid[b].sum()`` rows.
@@ -135,6 +158,15 @@ def split_routing(records: Sequence[Optional[LayerRouting]]) -> List[np.ndarray]
         ValueError: when a layer did not run, has no padding mask, or when the layers
             disagree about which frames are real.
     """
+    return _split(records, lambda routing: routing.expert[:, 0].to(torch.int32))
+
+
+def split_gates(records: Sequence[Optional[LayerRouting]]) -> List[np.ndarray]:
+    """As :func:`split_routing`, for the first choice's gate: ``[T_u, L]`` float32 arrays."""
+    return _split(records, lambda routing: routing.gate[:, 0].float())
+
+
+def _split(records, take) -> List[np.ndarray]:
     per_layer, counts = [], None
     for i, rec in enumerate(records):
         if rec is None:
@@ -146,10 +178,10 @@ def split_routing(records: Sequence[Optional[LayerRouting]]) -> List[np.ndarray]
             counts = layer_counts
         elif not np.array_equal(counts, layer_counts):
             raise ValueError(f"MoE layer {i} routed other frames than layer 0: {layer_counts} vs {counts}")
-        expert = rec.routing.expert[:, 0].detach().cpu().numpy().astype(np.int32)
-        if len(expert) != counts.sum():
-            raise ValueError(f"MoE layer {i}: {len(expert)} routed frames but {counts.sum()} real frames")
-        per_layer.append(np.split(expert, np.cumsum(counts)[:-1]))
+        values = take(rec.routing).detach().cpu().numpy()
+        if len(values) != counts.sum():
+            raise ValueError(f"MoE layer {i}: {len(values)} routed frames but {counts.sum()} real frames")
+        per_layer.append(np.split(values, np.cumsum(counts)[:-1]))
     if counts is None:
         raise ValueError("no MoE layer records")
     return [np.stack([layer[b] for layer in per_layer], axis=1) for b in range(len(counts))]
@@ -215,7 +247,7 @@ def record_routing(
     device: Optional[str] = None,
     sort_by_length: bool = True,
 ) -> RoutingRecord:
-    """Encode utterances and record each MoE layer's first-choice expert per real frame.
+    """Encode utterances and record each MoE layer's first-choice expert and gate per real frame.
 
     Args:
         asr_model: an ESPnet ASR model whose encoder is one of ours (``moe_records()``).
@@ -263,6 +295,7 @@ def record_routing(
     handle = encoder.register_forward_pre_hook(grab, with_kwargs=True)
     alone = _AloneLength(encoder)
     out: Dict[str, np.ndarray] = {}
+    out_gates: Dict[str, np.ndarray] = {}
     rates = set()
     try:
         for batch in batches(source, indices, batch_size):
@@ -274,6 +307,7 @@ def record_routing(
                 speech[b, : len(wav)] = torch.from_numpy(wav)
             _, enc_lens = asr_model.encode(speech.to(device), lens.to(device))
             per_utt = split_routing(encoder.moe_records())
+            gates = split_gates(encoder.moe_records())
             counts = np.array([len(x) for x in per_utt])
             if getattr(asr_model, "postencoder", None) is None and not np.array_equal(
                 counts, enc_lens.cpu().numpy()
@@ -288,6 +322,7 @@ def record_routing(
                     n = alone(int(feat_lens[b]), grab.feats)
                     keep = keep if n is None else min(keep, n)
                 out[utt] = np.ascontiguousarray(per_utt[b][:keep])
+                out_gates[utt] = np.ascontiguousarray(gates[b][:keep])
     finally:
         handle.remove()
         asr_model.train(was_training)
@@ -307,4 +342,5 @@ def record_routing(
         top_k=ffns[0].router.top_k,
         name=name,
         sample_rate=max(rates) if rates else 0,
+        gates=[out_gates[u] for u in order],
     )

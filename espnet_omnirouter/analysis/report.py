@@ -35,6 +35,7 @@ HEADLINE = [
     ("usage_normalised_entropy_mean", "usage entropy / log E, mean over layers"),
     ("usage_max_fraction_mean", "largest expert's share of frames, mean over layers"),
     ("unused_experts_mean", "unused experts per layer, mean"),
+    ("gate_mean", "gate of the first choice (its router probability), mean over frames and layers"),
     ("cramers_v_mean", "Cramer's V, mean over layer pairs"),
     ("cramers_v_adjacent_mean", "Cramer's V, mean over consecutive layers"),
     ("cramers_v_chance_mean", "Cramer's V of independent frames, mean over pairs"),
@@ -116,6 +117,9 @@ def compute(records: Sequence[RoutingRecord], seed: int = 0, example_utt: Option
     num_layers, num_experts = pooled.num_layers, pooled.num_experts
 
     usage = {"layers": layers, **metrics.usage_summary(x, num_experts)}
+    gates = pooled.frame_gates()
+    # How confident the routers are: 1/E for a router that cannot tell experts apart, 1 for hard choices.
+    usage["gate_mean"] = None if gates is None else gates.mean(axis=0).tolist()
 
     dep = {
         "layers": layers,
@@ -182,6 +186,7 @@ def compute(records: Sequence[RoutingRecord], seed: int = 0, example_utt: Option
         "usage_normalised_entropy_mean": _mean(usage["normalised_entropy"]),
         "usage_max_fraction_mean": _mean(usage["max_fraction"]),
         "unused_experts_mean": _mean(usage["num_unused"]),
+        "gate_mean": None if gates is None else float(gates.mean()),
         "cramers_v_mean": metrics.offdiag_mean(dep["cramers_v"]),
         "cramers_v_adjacent_mean": metrics.adjacent_mean(dep["cramers_v"]),
         "cramers_v_chance_mean": metrics.offdiag_mean(dep["cramers_v_chance"]),
@@ -270,10 +275,10 @@ def summary_markdown(summary: Dict) -> str:
 
     out += ["## Expert usage (`usage.json`)", ""]
     out += _table(
-        ["layer", "module", "entropy (nats)", "entropy / log E", "max fraction", "unused experts"],
+        ["layer", "module", "entropy (nats)", "entropy / log E", "max fraction", "unused experts", "mean gate"],
         [
             [short[l], layers[l], usage["entropy"][l], usage["normalised_entropy"][l], usage["max_fraction"][l],
-             usage["unused_experts"][l]]
+             usage["unused_experts"][l], (usage.get("gate_mean") or [None] * len(layers))[l]]
             for l in range(len(layers))
         ],
     )
