@@ -23,8 +23,8 @@
 # last checkpoint (earlier train.log files are kept as train.log.<time>, so the loss curves and
 # training times stay complete), decoding and scoring are redone.
 #
-# Default size: the corpus and schedule of `make demo` (3 h of audio, 9 epochs, character targets), so
-# the Omni-router model here is trained exactly as the demo's acoustic model:
+# Default size: the corpus of `make demo` (3 h of audio, character targets) and 9 epochs (the demo
+# trains 8, to fit its time budget; trainings are deterministic, so its epochs 1-8 are these):
 #   --local_data_opts "--train_hours 3 --dev_utts 200 --test_utts 150"  --asr_args "--max_epoch 9"
 # The models are compared without the recipe's LM (the LM would mask acoustic differences).
 # Time on 2 quiet CPU cores, from the per-epoch times of single trainings (make demo, 2026-11-27):
