@@ -263,7 +263,7 @@ def run_model(name: str, path: str, data: Dict[str, List[Dict]], args, cache_dir
         }
         log(f"K={k}: OOD avg WER {_pct(results[str(k)]['ood_avg_wer'])}, RTF {results[str(k)]['rtf']:.4f}")
     out = {"path": path, "files": files, "tuning": tuning, "tau": tau, "dev_k1": dev_plain, "results": results}
-    out["sentence"] = sentence(name, out, args.k_values)
+    out["sentence"] = sentence(name, out, args.k_values, args.ood_sets)
     if args.save_hyps:
         out["hyps"] = hyps
     return out
@@ -274,8 +274,12 @@ def _pct(x: Optional[float], digits: int = 2) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}%"
 
 
-def sentence(name: str, res: Dict, k_values: Sequence[int]) -> str:
-    """Did RoE help on the OOD sets (best K > 1 against K = 1) and at what RTF cost."""
+def sentence(name: str, res: Dict, k_values: Sequence[int], ood_sets: Sequence[str] = DEFAULT_OOD) -> str:
+    """Did RoE help on the OOD sets (best K > 1 against K = 1) and at what RTF cost.
+
+    The best K is picked on the test sets themselves, so a small gain is expected by chance: a change
+    of at most 2 * sqrt(word errors at K = 1) pooled OOD word errors is called noise (a Poisson scale).
+    """
     label = LABELS.get(name, name)
     r = res["results"]
     if "1" not in r:
@@ -290,16 +294,31 @@ def sentence(name: str, res: Dict, k_values: Sequence[int]) -> str:
     cost = (f"{other['rtf'] / base['rtf']:.1f}x the real-time factor of K = 1 "
             f"(RTF {other['rtf']:.4f} vs {base['rtf']:.4f})") if base["rtf"] else "n/a RTF"
     where = f"K = {k}, tau {res['tau']:g}"
-    if rel is not None and rel < 0:
+    ood = [s for s in ood_sets if s in base["sets"] and s in other["sets"]]
+    errs_base = sum(base["sets"][s]["wer_errors"] for s in ood)
+    errs = sum(other["sets"][s]["wer_errors"] for s in ood)
+    words = sum(base["sets"][s]["wer_ref"] for s in ood)
+    noise = 2 * math.sqrt(errs_base)
+    counts = (f"{errs} vs {errs_base} word errors in {words} OOD reference words; noise scale "
+              f"2 sqrt({errs_base}) = {noise:.0f}")
+    seen = ""
+    if "test_seen" in base["sets"] and "test_seen" in other["sets"]:
+        seen = (f" In domain (test_seen) WER {_pct(other['sets']['test_seen']['wer'])} vs "
+                f"{_pct(base['sets']['test_seen']['wer'])}.")
+    if rel is not None and rel < 0 and errs_base - errs > noise:
         return (f"{label}: RoE helped on the out-of-domain sets: with {where} the average OOD WER is "
-                f"{_pct(wer)} against {_pct(base['ood_avg_wer'])} without RoE (K = 1), {rel:+.1f}% relative, "
-                f"at {cost}.")
+                f"{_pct(wer)} against {_pct(base['ood_avg_wer'])} without RoE (K = 1), {rel:+.1f}% relative "
+                f"({counts}), at {cost}.{seen}")
+    if rel is not None and rel < 0:
+        return (f"{label}: RoE did not clearly help on the out-of-domain sets: the best K > 1 ({where}, picked "
+                f"on these test sets) gives an average OOD WER of {_pct(wer)} against {_pct(base['ood_avg_wer'])} "
+                f"without RoE (K = 1), {rel:+.1f}% relative, within noise ({counts}), at {cost}.{seen}")
     if rel == 0 or (rel is None and wer == base["ood_avg_wer"]):
         return (f"{label}: RoE made no difference on the out-of-domain sets: the best K > 1 ({where}) gives "
-                f"the same average OOD WER as K = 1 ({_pct(wer)}), at {cost}.")
+                f"the same average OOD WER as K = 1 ({_pct(wer)}), at {cost}.{seen}")
     return (f"{label}: RoE did not help on the out-of-domain sets: the best K > 1 ({where}) gives an average "
             f"OOD WER of {_pct(wer)} against {_pct(base['ood_avg_wer'])} without RoE (K = 1), "
-            f"{'n/a' if rel is None else f'{rel:+.1f}%'} relative, at {cost}.")
+            f"{'n/a' if rel is None else f'{rel:+.1f}%'} relative ({counts}), at {cost}.{seen}")
 
 
 def _table(header, rows) -> List[str]:
@@ -385,10 +404,34 @@ def _bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
 
 
+def write_report(result: Dict, out: str) -> None:
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "roe.json"), "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=1)
+    with open(os.path.join(out, "roe.md"), "w", encoding="utf-8") as f:
+        f.write(markdown(result))
+    for m in result["models"].values():
+        print(m["sentence"])
+    print(f"wrote {os.path.join(out, 'roe.md')} and {os.path.join(out, 'roe.json')}")
+
+
+def rewrite_report(path: str, out: str) -> int:
+    """The report of an earlier run (its roe.json) with the verdicts written again."""
+    with open(path, encoding="utf-8") as f:
+        result = json.load(f)
+    k_values = result["settings"]["k_values"]
+    for name, res in result["models"].items():
+        res["sentence"] = sentence(name, res, k_values, result.get("ood_sets", DEFAULT_OOD))
+    write_report(result, out)
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", required=True, help="name=path (experiment dir, zip or pack)")
-    p.add_argument("--dump", required=True, help="formatted data dir of the recipe (dump/raw)")
+    p.add_argument("--models", nargs="+", help="name=path (experiment dir, zip or pack); required")
+    p.add_argument("--dump", help="formatted data dir of the recipe (dump/raw); required")
+    p.add_argument("--report_from", default=None,
+                   help="rewrite roe.md (and the verdicts in roe.json) in --out from this roe.json; no decoding")
     p.add_argument("--dev_set", default="dev")
     p.add_argument("--test_sets", nargs="+", default=None, help="default: the test* dirs of --dump")
     p.add_argument("--ood_sets", nargs="*", default=DEFAULT_OOD)
@@ -414,6 +457,11 @@ def main(argv=None) -> int:
     p.add_argument("--command", default=None, help="command line to quote in the report")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = p.parse_args(argv)
+    if args.report_from:
+        return rewrite_report(args.report_from, args.out)
+    for name in ("models", "dump"):
+        if not getattr(args, name):
+            p.error(f"--{name} is required (unless --report_from)")
 
     import torch
 
@@ -455,14 +503,7 @@ def main(argv=None) -> int:
             ckpt = files["asr_model_file"]
             files["asr_model_file"] = os.path.basename(ckpt) if ckpt.startswith(cache) else ckpt
             del files["asr_train_config"]
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "roe.json"), "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=1)
-    with open(os.path.join(args.out, "roe.md"), "w", encoding="utf-8") as f:
-        f.write(markdown(result))
-    for m in result["models"].values():
-        print(m["sentence"])
-    print(f"wrote {os.path.join(args.out, 'roe.md')} and {os.path.join(args.out, 'roe.json')}")
+    write_report(result, args.out)
     return 0
 
 

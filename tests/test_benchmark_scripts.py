@@ -216,6 +216,11 @@ def test_roe_benchmark(quality, tmp_path, monkeypatch):
             assert r["hyps"]["1"][s] == dict(zip(keys, hyps)), (m, s)
             assert r["results"]["1"]["sets"][s]["wer"] == pytest.approx(jiwer_wer(refs, hyps), abs=1e-9), (m, s)
     assert "| K | test_seen | test_noisy | OOD avg | RTF |" in md
+    # --report_from writes the same report again from roe.json, without decoding
+    assert roe_bench.main(["--report_from", str(out / "roe.json"), "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "roe.md").read_text() == md
+    with pytest.raises(SystemExit):
+        roe_bench.main(["--out", str(tmp_path / "x")])  # neither --report_from nor --models/--dump
 
 
 def test_roe_beam_k1_is_plain_decoding(quality, tmp_path, monkeypatch):
@@ -426,3 +431,24 @@ def test_quality_sh_rejects_bad_options(tmp_path):
     p = subprocess.run(["bash", sh, "--python", PYTHON, "--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
                         "--configs", "x=conf/nope.yaml"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "conf/nope.yaml not found" in p.stderr
+
+
+def _roe_result(errors_by_k, seen_wer=40.0):
+    """A roe.json model entry: two OOD sets of 500 words each, ``errors_by_k[k]`` word errors per set."""
+    results = {}
+    for k, errs in errors_by_k.items():
+        sets = {s: {"wer": 100.0 * errs / 500, "wer_errors": errs, "wer_ref": 500, "cer": 1.0}
+                for s in ("test_noisy", "test_tempo")}
+        sets["test_seen"] = {"wer": seen_wer, "wer_errors": 1, "wer_ref": 5, "cer": 1.0}
+        results[str(k)] = {"sets": sets, "ood_avg_wer": 100.0 * errs / 500, "rtf": 0.01 * k}
+    return {"tau": 0.1, "results": results}
+
+
+@pytest.mark.parametrize("errors_k2, verdict", [(100, "helped"), (190, "did not clearly help"), (210, "did not help")])
+def test_roe_verdict_separates_gains_from_noise(errors_k2, verdict):
+    # K = 1: 2 x 200 = 400 pooled OOD word errors, noise scale 2 sqrt(400) = 40 errors
+    res = _roe_result({1: 200, 2: errors_k2})
+    text = roe_bench.sentence("switch", res, [1, 2], ["test_noisy", "test_tempo"])
+    assert text.startswith(f"Switch Conformer: RoE {verdict} on the out-of-domain sets"), text
+    assert f"{2 * errors_k2} vs 400 word errors in 1000 OOD reference words" in text
+    assert "2.0x the real-time factor" in text
