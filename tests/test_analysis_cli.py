@@ -151,7 +151,7 @@ def test_padded_frames_are_never_routed(trained):
         model.encode(first[None], torch.tensor([len(first)]))
     assert np.array_equal(split_routing(model.encoder.moe_records())[0], single.experts[0])
     # ... and each frame's gate is the full-softmax router probability of its chosen expert.
-    for ffn, layer in zip(model.encoder.moe_ffns(), range(single.num_layers)):
+    for layer, ffn in enumerate(model.encoder.moe_ffns()):
         routing = ffn.last.routing
         chosen = routing.probs.gather(1, routing.expert[:, :1]).squeeze(1)
         assert np.allclose(single.gates[0][:, layer], chosen.numpy(), atol=1e-6)
