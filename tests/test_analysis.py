@@ -8,7 +8,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from espnet_omnirouter.analysis import RoutingRecord, analyze_records, compute, metrics, split_gates, split_routing
+from espnet_omnirouter.analysis import (
+    RoutingRecord,
+    analyze_records,
+    compute,
+    metrics,
+    split_gates,
+    split_routing,
+    split_routing_and_gates,
+)
 from espnet_omnirouter.moe import LayerRouting, Routing
 
 
@@ -213,6 +221,19 @@ def test_split_gates_follows_the_valid_mask():
     assert utts[0].dtype == np.float32
     with pytest.raises(ValueError, match="did not run"):
         split_gates([rec, None])
+
+
+def test_split_routing_and_gates_equals_the_two_splits():
+    valid = [[True, True, False], [True, False, False]]
+    rec = layer_routing([0, 1, 2], valid)
+    rec.routing.gate = torch.tensor([[0.5], [0.25], [0.75]])
+    recs = [rec, layer_routing([3, 2, 1], valid)]
+    experts, gates = split_routing_and_gates(recs)
+    assert [u.tolist() for u in experts] == [u.tolist() for u in split_routing(recs)]
+    assert [u.tolist() for u in gates] == [u.tolist() for u in split_gates(recs)]
+    assert experts[0].dtype == np.int32 and gates[0].dtype == np.float32
+    with pytest.raises(ValueError, match="other frames"):
+        split_routing_and_gates([rec, layer_routing([0, 0], [[True, False, False], [True, False, False]])])
 
 
 def synthetic_record(name, seed, num_utts=6, num_layers=3, num_experts=4, shared=True, gates=False):

@@ -10,7 +10,13 @@ routing evolves over time (see ``python -m espnet_omnirouter.bin.analyze_routing
 """
 from espnet_omnirouter.analysis import metrics
 from espnet_omnirouter.analysis.data import WavScp, data_name
-from espnet_omnirouter.analysis.record import RoutingRecord, record_routing, split_gates, split_routing
+from espnet_omnirouter.analysis.record import (
+    RoutingRecord,
+    record_routing,
+    split_gates,
+    split_routing,
+    split_routing_and_gates,
+)
 from espnet_omnirouter.analysis.report import analyze, analyze_records, compare_summaries, compute
 
 __all__ = [
@@ -25,4 +31,5 @@ __all__ = [
     "record_routing",
     "split_gates",
     "split_routing",
+    "split_routing_and_gates",
 ]

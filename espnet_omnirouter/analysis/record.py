@@ -11,7 +11,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -158,16 +158,34 @@ def split_routing(records: Sequence[Optional[LayerRouting]]) -> List[np.ndarray]
         ValueError: when a layer did not run, has no padding mask, or when the layers
             disagree about which frames are real.
     """
-    return _split(records, lambda routing: routing.expert[:, 0].to(torch.int32))
+    return _split(records, _first_expert)[0]
 
 
 def split_gates(records: Sequence[Optional[LayerRouting]]) -> List[np.ndarray]:
     """As :func:`split_routing`, for the first choice's gate: ``[T_u, L]`` float32 arrays."""
-    return _split(records, lambda routing: routing.gate[:, 0].float())
+    return _split(records, _first_gate)[0]
 
 
-def _split(records, take) -> List[np.ndarray]:
-    per_layer, counts = [], None
+def split_routing_and_gates(
+    records: Sequence[Optional[LayerRouting]],
+) -> Tuple[List[np.ndarray], List[np.ndarray]]:
+    """:func:`split_routing` and :func:`split_gates` of the same records, validated once."""
+    experts, gates = _split(records, _first_expert, _first_gate)
+    return experts, gates
+
+
+def _first_expert(routing) -> torch.Tensor:
+    return routing.expert[:, 0].to(torch.int32)
+
+
+def _first_gate(routing) -> torch.Tensor:
+    return routing.gate[:, 0].float()
+
+
+def _split(records, *takes) -> List[List[np.ndarray]]:
+    """Per ``take``, per utterance, the ``[T_u, L]`` stack of ``take(routing)`` over the layers."""
+    per_take: List[List[List[np.ndarray]]] = [[] for _ in takes]
+    counts = None
     for i, rec in enumerate(records):
         if rec is None:
             raise ValueError(f"MoE layer {i} did not run in this forward (stochastic depth in eval mode?)")
@@ -178,13 +196,18 @@ def _split(records, take) -> List[np.ndarray]:
             counts = layer_counts
         elif not np.array_equal(counts, layer_counts):
             raise ValueError(f"MoE layer {i} routed other frames than layer 0: {layer_counts} vs {counts}")
-        values = take(rec.routing).detach().cpu().numpy()
-        if len(values) != counts.sum():
-            raise ValueError(f"MoE layer {i}: {len(values)} routed frames but {counts.sum()} real frames")
-        per_layer.append(np.split(values, np.cumsum(counts)[:-1]))
+        bounds = np.cumsum(counts)[:-1]
+        for take, per_layer in zip(takes, per_take):
+            values = take(rec.routing).detach().cpu().numpy()
+            if len(values) != counts.sum():
+                raise ValueError(f"MoE layer {i}: {len(values)} routed frames but {counts.sum()} real frames")
+            per_layer.append(np.split(values, bounds))
     if counts is None:
         raise ValueError("no MoE layer records")
-    return [np.stack([layer[b] for layer in per_layer], axis=1) for b in range(len(counts))]
+    return [
+        [np.stack([layer[b] for layer in per_layer], axis=1) for b in range(len(counts))]
+        for per_layer in per_take
+    ]
 
 
 def router_ids(encoder) -> List[int]:
@@ -306,8 +329,7 @@ def record_routing(
             for b, (_, wav, _) in enumerate(batch):
                 speech[b, : len(wav)] = torch.from_numpy(wav)
             _, enc_lens = asr_model.encode(speech.to(device), lens.to(device))
-            per_utt = split_routing(encoder.moe_records())
-            gates = split_gates(encoder.moe_records())
+            per_utt, gates = split_routing_and_gates(encoder.moe_records())
             counts = np.array([len(x) for x in per_utt])
             if getattr(asr_model, "postencoder", None) is None and not np.array_equal(
                 counts, enc_lens.cpu().numpy()
