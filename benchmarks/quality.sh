@@ -24,15 +24,21 @@
 # training times stay complete), decoding and scoring are redone.
 #
 # Default size: the corpus of `make demo` (3 h of audio, character targets) and 9 epochs (the demo
-# trains 8, to fit its time budget; trainings are deterministic, so its epochs 1-8 are these):
+# trains the Omni model 8 epochs with ESPnet's default seed 0, to fit its time budget; trainings are
+# deterministic, so its epochs 1-8 are those of `--seeds 0` here; the default seed is 1):
 #   --local_data_opts "--train_hours 3 --dev_utts 200 --test_utts 150"  --asr_args "--max_epoch 9"
 # The models are compared without the recipe's LM (the LM would mask acoustic differences).
-# Time on 2 quiet CPU cores, from the per-epoch times of single trainings (make demo, 2026-11-27):
-#   corpus, formatting, tokens, shapes                                                         ~  3 min
-#   training, 9 epochs x 3 h (89 steps each): Omni 9 x 3.6 + Switch 9 x ~4.2 + dense 9 x ~3.3 ~ 100 min
-#   decoding (beam 5, 4 x 150 + 10 utterances, ~2.5 min a model), packing, routing analysis     ~ 12 min
-#   total                                                                                      ~115 min
-# (the one run so far could not be timed in one piece: it shared the CPUs with other work).
+# Time on 2 quiet CPU cores, measured in one piece (`benchmarks/quality.sh`, no options, on a fresh
+# clone at f9441ba, 2026-11-27; console lines in benchmarks/results/quality_seed1_console.log):
+#   corpus, formatting, tokens, shapes                                                 1.7 min
+#   dense:  training 9 epochs (2.8-3.7 min each) 32.1 min, decoding 2.8 min, pack          35.0 min
+#   Switch: training 9 epochs (3.0-3.3 min each) 34.0 min, decoding 3.4 min, analysis      38.2 min
+#   Omni:   training 9 epochs (3.6-5.1 min each) 40.9 min, decoding 2.3 min, analysis      44.0 min
+#   report                                                                             0.2 min
+#   total                                                                 7146 s = 119.1 min
+# That is under 2 hours by less than a minute: this VM's speed varies by ~20-40% (the Omni epochs
+# ran at 4-5 min with nothing else running; they took 3.6 min in other runs).  On a slower machine
+# --asr_args "--max_epoch 8" saves ~3.5 min per model.
 # --seeds "1 2 3" takes three times the training and decoding time.  Never run two trainings on
 # the same 2 cores (--jobs 1): OpenMP oversubscription made epochs 3-5x slower.  Use another
 # --workdir (or --expdir) for other configs: a training resumes from the checkpoint it finds.
@@ -66,7 +72,8 @@ err() { log "ERROR: $*" >&2; }
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(dirname "${here}")"
-command_line="benchmarks/quality.sh$(printf ' %q' "$@")"
+command_line="benchmarks/quality.sh"
+[ $# -eq 0 ] || command_line+="$(printf ' %q' "$@")"
 
 recipe_dir=${repo}/egs2/synth_en/asr1
 workdir=
