@@ -32,13 +32,13 @@
 # clone at f9441ba, 2026-11-27; console lines in benchmarks/results/quality_seed1_console.log):
 #   corpus, formatting, tokens, shapes                                                 1.7 min
 #   dense:  training 9 epochs (2.8-3.7 min each) 32.1 min, decoding 2.8 min, pack          35.0 min
-#   Switch: training 9 epochs (3.0-3.3 min each) 34.0 min, decoding 3.4 min, analysis      38.2 min
+#   Switch: training 9 epochs (3.0-4.2 min each) 34.0 min, decoding 3.4 min, analysis      38.2 min
 #   Omni:   training 9 epochs (3.6-5.1 min each) 40.9 min, decoding 2.3 min, analysis      44.0 min
 #   report                                                                             0.2 min
 #   total                                                                 7146 s = 119.1 min
-# That is under 2 hours by less than a minute: this VM's speed varies by ~20-40% (the Omni epochs
-# ran at 4-5 min with nothing else running; they took 3.6 min in other runs).  On a slower machine
-# --asr_args "--max_epoch 8" saves ~3.5 min per model.
+# That is under 2 hours by less than a minute: this VM's speed varies (with nothing else running,
+# one model's epochs took 2.8-3.7, 3.0-4.2 and 3.6-5.1 min; Omni's took 3.6 in other runs).
+# On a slower machine --asr_args "--max_epoch 8" saves ~3.5 min per model.
 # --seeds "1 2 3" takes three times the training and decoding time.  Never run two trainings on
 # the same 2 cores (--jobs 1): OpenMP oversubscription made epochs 3-5x slower.  Use another
 # --workdir (or --expdir) for other configs: a training resumes from the checkpoint it finds.
