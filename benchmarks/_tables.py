@@ -74,3 +74,17 @@ def encoder_table(results, memory=True):
     return "\n".join(lines)
 
 
+
+
+def op_count_table(results):
+    """Markdown table of ``op_count.py``'s counts: kernels (vs dense) and host syncs per step."""
+    head = ["step", "variant", "kernels", "vs dense", "host syncs (CUDA)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for group, rows in results.items():
+        base = rows["dense"]["kernels"]
+        for key, r in rows.items():
+            syncs = ", ".join(f"{n} x{c}" for n, c in sorted(r["sync_ops"].items())) or "none"
+            lines.append(
+                f"| {group} | {key} | {r['kernels']} | {r['kernels'] / base:.2f}x | {r['syncs']}: {syncs} |"
+            )
+    return "\n".join(lines)

@@ -1,8 +1,10 @@
 """ESPnet adapters: encoders, registration, model build from the YAMLs in conf/."""
 import argparse
+import collections
 import glob
 import inspect
 import os
+import sys
 
 import pytest
 import torch
@@ -19,7 +21,7 @@ from espnet_omnirouter.encoders import (
     SwitchConformerEncoder,
     SwitchTransformerEncoder,
 )
-from espnet_omnirouter.moe import MoEFeedForward
+from espnet_omnirouter.moe import MoEFeedForward, moe_aux_losses, moe_layer_stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(output_size=16, attention_heads=2, linear_units=32, num_blocks=3, input_layer="conv2d")
@@ -108,6 +110,44 @@ def test_batching_does_not_change_eval_output(cls):
     torch.testing.assert_close(both[0, :n], alone[0, :n], atol=1e-5, rtol=1e-5)
     # Padded frames never reach the router.
     assert all(r.routing.expert.shape[0] == int(olens.sum()) for r in enc.moe_records())
+
+
+@pytest.mark.parametrize(
+    "moe_cls, dense_cls, kwargs",
+    [
+        (SwitchConformerEncoder, ConformerEncoder, CONFORMER),
+        (OmniRouterConformerEncoder, ConformerEncoder, CONFORMER),
+        (OmniRouterTransformerEncoder, TransformerEncoder, SMALL),
+    ],
+)
+def test_training_step_waits_for_the_device_once_more_than_dense(moe_cls, dense_cls, kwargs):
+    """On the path CUDA takes (grouped_mm experts), a training step with padding, the
+    auxiliary losses and the routing statistics adds exactly one operator that makes the
+    host wait for the GPU to the dense encoder's: the nonzero of the padding, shared by all
+    MoE FFNs.  Counted on CPU tensors with benchmarks/op_count.py's dispatch-mode counter."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from op_count import OpCounter, summarize
+
+    torch.manual_seed(0)
+    xs, ilens = torch.randn(3, 60, 20), torch.tensor([60, 47, 31])
+    moe = moe_cls(20, num_experts=4, **kwargs).train()
+    for ffn in moe.moe_ffns():
+        ffn.experts.impl = "grouped_mm"
+    syncs = {}
+    for name, enc in (("dense", dense_cls(20, **kwargs).train()), ("moe", moe)):
+        with OpCounter() as counter:
+            out, _, _ = enc(xs, ilens)
+            loss = out.sum()
+            if name == "moe":
+                records = enc.moe_records()
+                loss = loss + sum(moe_aux_losses(records).values())
+                moe_layer_stats(records)
+            loss.backward()
+        syncs[name] = collections.Counter(summarize(counter.ops)["sync_ops"])
+    assert len(records) == len(moe.moe_ffns()) >= 3 and all(records)
+    assert not records[0].valid.all()  # the batch was padded
+    assert syncs["moe"] - syncs["dense"] == collections.Counter({"nonzero": 1})
+    assert moe._padding_hook.mask is None and moe._padding_hook.padding is None  # nothing kept
 
 
 @pytest.mark.parametrize(

@@ -102,7 +102,7 @@ def test_sorted_expert_forward_agrees():
     outs = []
     for impl in ("loop", "grouped_mm"):
         experts.impl = impl
-        y = experts(x, counts, expert)
+        y = experts(x, counts.cumsum(0), expert)
         outs.append((y, torch.autograd.grad(y, [x, *experts.parameters()], torch.ones_like(y))))
     torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-5, rtol=1e-5)
     for a, b in zip(outs[0][1], outs[1][1]):
@@ -113,13 +113,13 @@ def test_sorted_expert_forward_agrees():
 class _PlainLoopExperts(Experts):
     """The loop path as separate autograd ops (what _ExpertLoop fuses), for reference."""
 
-    def combine(self, flat, rows, counts, expert, gate, unique):
+    def combine(self, flat, rows, ends, expert, gate, unique):
         x = flat.index_select(0, rows)
         params = zip(self.w1.unbind(0), self.b1.unbind(0), self.w2.unbind(0), self.b2.unbind(0))
         y = torch.cat(
             [
                 torch.addmm(b2, self.dropout(self.activation(torch.addmm(b1, xe, w1))), w2)
-                for xe, (w1, b1, w2, b2) in zip(x.split(counts.tolist()), params)
+                for xe, (w1, b1, w2, b2) in zip(x.split(torch.diff(ends, prepend=ends.new_zeros(1)).tolist()), params)
             ]
         )
         out = flat.new_zeros(flat.shape)

@@ -10,9 +10,11 @@ from espnet_omnirouter.moe import (
     Router,
     load_balance_loss,
     moe_aux_losses,
+    moe_layer_stats,
     router_z_loss,
     usage_stats,
 )
+from espnet_omnirouter.moe.losses import expert_fractions
 
 D, H, E = 8, 16, 4
 
@@ -138,6 +140,46 @@ def test_losses_ignore_padded_frames():
     layer(x[mask].unsqueeze(0))
     c = {k: v.item() for k, v in moe_aux_losses([layer.last]).items()}
     assert a == pytest.approx(c)
+
+
+def test_expert_fractions_count_like_bincount():
+    expert = torch.tensor([[3, 0, 3, 3, 1], [2, 2, 2, 2, 2]])
+    for row in expert:
+        expected = torch.bincount(row, minlength=E).float() / row.numel()
+        torch.testing.assert_close(expert_fractions(row, E), expected)
+    torch.testing.assert_close(expert_fractions(expert, E)[1], torch.tensor([0.0, 0.0, 1.0, 0.0]))
+
+
+@pytest.mark.parametrize("same_frames", [True, False])
+def test_several_layers_equal_layer_by_layer(same_frames):
+    """moe_aux_losses / moe_layer_stats over layers (computed batched when the layers routed
+    the same frames) equal the per-layer losses and statistics, gradients included."""
+    layers = [make_layer(top_k=2, capacity_factor=1.0, seed=s).train() for s in range(3)]
+    x = torch.randn(2, 6, D)
+    masks = [torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)] * 3
+    if not same_frames:
+        masks[1] = torch.ones(2, 6, dtype=torch.bool)
+    for layer, mask in zip(layers, masks):
+        layer(x, mask)
+    records = [layers[0].last, None, layers[1].last, layers[2].last]  # None: a skipped layer
+    ran = [r for r in records if r is not None]
+    weights = [layer.router.weight for layer in layers]
+    aux = moe_aux_losses(records)
+    lb = torch.stack([load_balance_loss(r.routing.probs, r.routing.expert) for r in ran]).mean()
+    z = torch.stack([router_z_loss(r.routing.logits) for r in ran]).mean()
+    for got, want in ((aux["lb"], lb), (aux["z"], z)):
+        torch.testing.assert_close(got, want)
+        for a, b in zip(
+            torch.autograd.grad(got, weights, retain_graph=True), torch.autograd.grad(want, weights, retain_graph=True)
+        ):
+            torch.testing.assert_close(a, b)
+    stats = moe_layer_stats(records)
+    assert len(stats) == 3 * len(records)
+    for i, record in enumerate(records):
+        want = {k: 0.0 for k in ("entropy", "max_frac", "drop_frac")} if record is None else usage_stats(record)
+        for k, v in want.items():
+            torch.testing.assert_close(stats[f"moe{i}_{k}"], torch.as_tensor(v, dtype=torch.float32))
+    assert any(stats[f"moe{i}_drop_frac"] > 0 for i in (0, 2, 3))  # the capacity really dropped
 
 
 def test_router_is_fp32_under_autocast():

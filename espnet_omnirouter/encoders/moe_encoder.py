@@ -13,7 +13,7 @@ from espnet.nets.pytorch_backend.transformer.positionwise_feed_forward import (
     PositionwiseFeedForward,
 )
 
-from espnet_omnirouter.moe import Experts, LayerRouting, MoEFeedForward, Router
+from espnet_omnirouter.moe import Experts, LayerRouting, MoEFeedForward, Padding, Router
 from espnet_omnirouter.signature import publish_signature
 
 # FFN attributes of ESPnet's EncoderLayer, in the order the layer runs them.
@@ -21,17 +21,35 @@ _MACARON_FFN = "feed_forward_macaron"
 _FFN = "feed_forward"
 
 
-def _set_pad_mask(block: torch.nn.Module, args) -> None:
-    """Forward pre-hook of an encoder block: hand its padding mask to its MoE FFNs.
+class _PaddingHook:
+    """Forward pre-hook of the encoder blocks: hand the block's padding to its MoE FFNs.
 
     ESPnet's EncoderLayer is called as ``layer(x, mask)`` with mask ``[B, 1, T]`` (or
-    ``[B, T, T]``), True = attend; a frame is real when any query may attend to it.
+    ``[B, T, T]``), True = attend; a frame is real when any query may attend to it.  All
+    blocks of one forward get the same mask tensor, so the :class:`Padding` (a ``nonzero``,
+    a host sync on CUDA) is built once per forward, not once per MoE FFN; a different
+    mask tensor gets its own.  One instance is shared by the blocks of an encoder, which
+    calls :meth:`clear` after each forward (nothing of a forward is kept).
     """
-    mask = args[1]
-    valid = None if mask is None else mask.any(dim=1)
-    for module in block.children():
-        if isinstance(module, MoEFeedForward):
-            module.pad_mask = valid
+
+    def __init__(self):
+        self.clear()
+
+    def clear(self) -> None:
+        self.mask, self.padding = None, None
+
+    def __call__(self, block: torch.nn.Module, args) -> None:
+        mask = args[1]
+        if mask is None:
+            padding = None
+        elif mask is self.mask:
+            padding = self.padding
+        else:
+            padding = Padding.from_mask(mask.any(dim=1))
+            self.mask, self.padding = mask, padding
+        for module in block.children():
+            if isinstance(module, MoEFeedForward):
+                module.pad_mask = padding
 
 
 def _clear_pad_mask(block: torch.nn.Module, args, output) -> None:
@@ -131,8 +149,9 @@ class MoEEncoderMixin:
                 routers[j // per_group], experts, capacity_factor, own_router=not self.shared_router
             )
             setattr(block, attr, moe)
+        self._padding_hook = _PaddingHook()
         for i in sorted(set(int(n.split(".")[1]) for n in names)):
-            blocks[i].register_forward_pre_hook(_set_pad_mask)
+            blocks[i].register_forward_pre_hook(self._padding_hook)
             blocks[i].register_forward_hook(_clear_pad_mask)
         self.moe_names = names
 
@@ -148,7 +167,10 @@ class MoEEncoderMixin:
         """ESPnet's encoder forward; MoE routing records are reset first."""
         for m in self.moe_ffns():
             m.last = None
-        return super().forward(xs_pad, ilens, *args, **kwargs)
+        try:
+            return super().forward(xs_pad, ilens, *args, **kwargs)
+        finally:
+            self._padding_hook.clear()
 
 
 def moe_signature(cls):

@@ -1,7 +1,7 @@
 """Mixture-of-Experts core: depends on torch only."""
 from espnet_omnirouter.moe.aggregate import moe_aux_losses, moe_layer_stats
 from espnet_omnirouter.moe.experts import Experts
-from espnet_omnirouter.moe.layer import LayerRouting, MoEFeedForward
+from espnet_omnirouter.moe.layer import LayerRouting, MoEFeedForward, Padding
 from espnet_omnirouter.moe.losses import load_balance_loss, router_z_loss
 from espnet_omnirouter.moe.router import Router, Routing
 from espnet_omnirouter.moe.stats import usage_stats
@@ -10,6 +10,7 @@ __all__ = [
     "Experts",
     "LayerRouting",
     "MoEFeedForward",
+    "Padding",
     "Router",
     "Routing",
     "load_balance_loss",

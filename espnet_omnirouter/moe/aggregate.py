@@ -1,11 +1,31 @@
-"""Combine the routing records of several MoE layers into losses and statistics (torch only)."""
-from typing import Dict, List, Optional
+"""Combine the routing records of several MoE layers into losses and statistics (torch only).
+
+The layers of one forward route the same frames, so their routing tensors are stacked and
+each loss or statistic is computed once for all layers (a handful of kernels per step
+instead of a handful per layer).
+"""
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
 from espnet_omnirouter.moe.layer import LayerRouting
 from espnet_omnirouter.moe.losses import load_balance_loss, router_z_loss
-from espnet_omnirouter.moe.stats import usage_stats
+from espnet_omnirouter.moe.stats import STAT_NAMES, usage_stats_tensor
+
+
+def per_layer(fn: Callable[..., torch.Tensor], *columns: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``fn`` of each layer's tensors, stacked: ``[L, ...]``.
+
+    Args:
+        fn: takes one tensor per column, with or without a leading layer dimension.
+        columns: per column, one tensor per layer (``L`` layers).
+
+    One call on the stacked ``[L, ...]`` tensors when every column's tensors have one
+    shape (layers of one forward); otherwise one call per layer.
+    """
+    if all(len({tuple(t.shape) for t in column}) == 1 for column in columns):
+        return fn(*(torch.stack(list(column)) for column in columns))
+    return torch.stack([fn(*tensors) for tensors in zip(*columns)])
 
 
 def moe_aux_losses(records: List[Optional[LayerRouting]]) -> Dict[str, torch.Tensor]:
@@ -17,12 +37,12 @@ def moe_aux_losses(records: List[Optional[LayerRouting]]) -> Dict[str, torch.Ten
     Returns:
         ``{"lb": scalar, "z": scalar}`` float32; zeros when no layer ran.
     """
-    ran = [r for r in records if r is not None]
+    ran = [r.routing for r in records if r is not None]
     if not ran:
         zero = torch.zeros(())
         return {"lb": zero, "z": zero}
-    lb = torch.stack([load_balance_loss(r.routing.probs, r.routing.expert) for r in ran]).mean()
-    z = torch.stack([router_z_loss(r.routing.logits) for r in ran]).mean()
+    lb = per_layer(load_balance_loss, [r.probs for r in ran], [r.expert for r in ran]).mean()
+    z = per_layer(router_z_loss, [r.logits for r in ran]).mean()
     return {"lb": lb, "z": z}
 
 
@@ -32,12 +52,19 @@ def moe_layer_stats(records: List[Optional[LayerRouting]]) -> Dict[str, torch.Te
     The keys depend only on the number of layers, never on the data, so that DDP can
     gather them in order; a layer skipped this forward (stochastic depth) reports zeros.
     """
+    ran = [r for r in records if r is not None]
+    if ran:
+        num_experts = ran[0].routing.probs.shape[1]
+        values = iter(
+            per_layer(
+                lambda expert, dropped: usage_stats_tensor(expert, dropped, num_experts),
+                [r.routing.expert for r in ran],
+                [r.dropped for r in ran],
+            )
+        )
     out = {}
     for i, record in enumerate(records):
-        if record is None:
-            stats = {"entropy": 0.0, "max_frac": 0.0, "drop_frac": 0.0}
-        else:
-            stats = usage_stats(record)
-        for name, value in stats.items():
-            out[f"moe{i}_{name}"] = torch.as_tensor(value, dtype=torch.float32)
+        row = torch.zeros(len(STAT_NAMES)) if record is None else next(values)
+        for name, value in zip(STAT_NAMES, row.unbind(0)):
+            out[f"moe{i}_{name}"] = value
     return out

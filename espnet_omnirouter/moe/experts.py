@@ -13,7 +13,7 @@ Two implementations of the same function (``Experts.impl`` picks one; "auto" by 
 * ``loop``: one ``addmm -> activation -> addmm`` per expert slice, in a custom autograd
   function (:class:`_ExpertLoop`) that also does the gather of the expert inputs, the gate
   multiply and the scatter of the outputs, expert by expert, while the slice is in cache.
-  It needs the slice sizes on the host (one ``counts.tolist()``: free on CPU, one device
+  It needs the slice sizes on the host (one ``ends.tolist()``: free on CPU, one device
   sync on CUDA).  "auto" uses it for eager CPU, where it is faster than CPU
   ``_grouped_mm``, and as the portable fallback for every other device/dtype.
 """
@@ -112,12 +112,13 @@ class Experts(nn.Module):
             return dtype == torch.bfloat16
         return self.impl == "grouped_mm" or x.is_cuda
 
-    def forward(self, x: torch.Tensor, counts: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ends: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
         """Run each expert on its contiguous slice of frames.
 
         Args:
             x: ``[M, d]`` frames sorted by expert (expert 0's frames first).
-            counts: ``[E]`` int64, number of frames of each expert (sums to ``M``).
+            ends: ``[E]`` int32/int64, end row (exclusive) of each expert's slice: the
+                cumulative frame counts, ``ends[-1] == M`` (``torch._grouped_mm``'s ``offs``).
             expert: ``[M]`` int64, the expert of each row of ``x`` (non-decreasing).
 
         Returns:
@@ -125,16 +126,16 @@ class Experts(nn.Module):
         """
         x = x.to(compute_dtype(x))
         if self.use_grouped_mm(x):
-            return self._grouped_mm(x, counts, expert)
+            return self._grouped_mm(x, ends, expert)
         rows = torch.arange(x.shape[0], device=x.device)
         ones = x.new_ones(x.shape[0], dtype=torch.float32)
-        return self._loop(x, rows, counts, ones, True, x.shape[0])
+        return self._loop(x, rows, ends, ones, True, x.shape[0])
 
     def combine(
         self,
         flat: torch.Tensor,
         rows: torch.Tensor,
-        counts: torch.Tensor,
+        ends: torch.Tensor,
         expert: torch.Tensor,
         gate: torch.Tensor,
         unique: bool,
@@ -144,7 +145,8 @@ class Experts(nn.Module):
         Args:
             flat: ``[R, d]`` frames.
             rows: ``[M]`` int64, row of ``flat`` of each assignment, sorted by expert.
-            counts: ``[E]`` int64, assignments of each expert (sums to ``M``).
+            ends: ``[E]`` int32/int64, end (exclusive) of each expert's assignments in
+                ``rows``: the cumulative counts, ``ends[-1] == M``.
             expert: ``[M]`` int64, the expert of each assignment (non-decreasing).
             gate: ``[M]`` gate of each assignment.
             unique: whether ``rows`` has no repeated row (top-1): the combine is then a
@@ -156,13 +158,13 @@ class Experts(nn.Module):
         dtype = compute_dtype(flat)
         if self.use_grouped_mm(flat, dtype):
             x = _GatherUniqueRows.apply(flat, rows) if unique else flat.index_select(0, rows)
-            y = self._grouped_mm(x.to(dtype), counts, expert)
+            y = self._grouped_mm(x.to(dtype), ends, expert)
             return _scatter_rows(y * gate.unsqueeze(1).to(y.dtype), rows, flat.shape[0], unique)
-        return self._loop(flat, rows, counts, gate, unique, flat.shape[0])
+        return self._loop(flat, rows, ends, gate, unique, flat.shape[0])
 
-    def _grouped_mm(self, x: torch.Tensor, counts: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
-        # One kernel per matmul, no host sync: offsets are the end row of each expert.
-        offsets = counts.cumsum(0).to(torch.int32)
+    def _grouped_mm(self, x: torch.Tensor, ends: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
+        # One kernel per matmul, no host sync: the offsets are the end row of each expert.
+        offsets = ends.to(torch.int32)  # no-op for the int32 ends of MoEFeedForward
         # Per-row biases as a one-hot [M, E] matmul fused into addmm: its backward is the
         # GEMM onehot^T @ grad (a per-expert row sum), not an index_put/atomic scatter-add
         # of M rows into E rows.
@@ -176,8 +178,9 @@ class Experts(nn.Module):
     # The slice sizes are data: keep the compiler out (it would recompile for each new set
     # of sizes); under torch.compile the grouped_mm path is used where it can run.
     @torch.compiler.disable
-    def _loop(self, flat, rows, counts, gate, unique, num_rows) -> torch.Tensor:
-        sizes = counts.tolist()  # the one host sync (free on CPU)
+    def _loop(self, flat, rows, ends, gate, unique, num_rows) -> torch.Tensor:
+        bounds = [0] + ends.tolist()  # the one host sync (free on CPU)
+        sizes = [b - a for a, b in zip(bounds, bounds[1:])]
         dtype = compute_dtype(flat)
         params = (self.w1, self.b1, self.w2, self.b2)
         needs_grad = flat.requires_grad or gate.requires_grad or any(p.requires_grad for p in params)

@@ -6,13 +6,35 @@ the only difference between the two; the dispatch code is the same.
 """
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import nn
 
 from espnet_omnirouter.moe.experts import Experts
 from espnet_omnirouter.moe.router import Router, Routing
+
+
+@dataclass
+class Padding:
+    """Which frames of a ``[B, T]`` batch are real, and their rows in the flattened batch.
+
+    Several MoE layers that see the same padding can share one (an encoder builds it once
+    per forward): finding the rows is a ``nonzero``, which on CUDA waits for the device.
+
+    Attributes:
+        valid: ``[B, T]`` bool, True = real frame.
+        rows: ``[N]`` int64, rows of the ``B * T`` flattened frames that are real, in
+            row-major order; None when every frame is real.
+    """
+
+    valid: torch.Tensor
+    rows: Optional[torch.Tensor]
+
+    @classmethod
+    def from_mask(cls, valid: torch.Tensor) -> "Padding":
+        rows = valid.reshape(-1).nonzero().squeeze(1)
+        return cls(valid, None if rows.shape[0] == valid.numel() else rows)
 
 
 @dataclass
@@ -71,9 +93,9 @@ class MoEFeedForward(nn.Module):
             self.__dict__["router"] = router
         self.experts = experts
         self.capacity_factor = capacity_factor
-        # Padding mask for the next forward, set by an encoder whose layers call
-        # feed_forward(x) without a mask.  [B, T] bool, True = real frame.
-        self.pad_mask: Optional[torch.Tensor] = None
+        # Padding for the next forward, set by an encoder whose layers call
+        # feed_forward(x) without a mask: [B, T] bool (True = real frame) or a Padding.
+        self.pad_mask: Optional[Union[torch.Tensor, Padding]] = None
         self.last: Optional[LayerRouting] = None
 
     def __getstate__(self):
@@ -90,11 +112,13 @@ class MoEFeedForward(nn.Module):
         k, e = self.router.top_k, self.router.num_experts
         return math.ceil(self.capacity_factor * num_frames * k / e)
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, mask: Optional[Union[torch.Tensor, Padding]] = None
+    ) -> torch.Tensor:
         """Args:
             x: ``[B, T, d]`` (or any ``[..., d]``).
-            mask: ``[B, T]`` bool, True = real frame; defaults to ``self.pad_mask``,
-                then to all frames.
+            mask: ``[B, T]`` bool, True = real frame, or a :class:`Padding` built from
+                one; defaults to ``self.pad_mask``, then to all frames.
 
         Returns:
             ``[B, T, d]``, zero on padded and dropped frames.
@@ -102,19 +126,19 @@ class MoEFeedForward(nn.Module):
         if mask is None:
             mask = self.pad_mask
         flat = x.reshape(-1, x.shape[-1])
-        index = None  # rows of ``flat`` that are routed (None: all of them)
+        valid, index = None, None  # index: rows of ``flat`` that are routed (None: all)
         if mask is not None:
-            if mask.shape != x.shape[:-1]:
+            valid = mask.valid if isinstance(mask, Padding) else mask
+            if valid.shape != x.shape[:-1]:
                 raise ValueError(
-                    f"MoE padding mask has shape {tuple(mask.shape)}, expected {tuple(x.shape[:-1])}"
+                    f"MoE padding mask has shape {tuple(valid.shape)}, expected {tuple(x.shape[:-1])}"
                 )
-            index = mask.reshape(-1).nonzero().squeeze(1)
-            if index.shape[0] == flat.shape[0]:
-                index = None  # no padding in this batch: no gather, no scatter
+            padding = mask if isinstance(mask, Padding) else Padding.from_mask(valid)
+            index = padding.rows  # None without padding: no gather, no scatter
         frames = flat if index is None else flat.index_select(0, index)
         routing = self.router(frames)
         out, dropped = self._dispatch(flat, index, routing)
-        self.last = LayerRouting(routing=routing, valid=mask, dropped=dropped)
+        self.last = LayerRouting(routing=routing, valid=valid, dropped=dropped)
         return out.view(x.shape)
 
     def _dispatch(self, flat: torch.Tensor, index: Optional[torch.Tensor], routing: Routing):
@@ -143,25 +167,25 @@ class MoEFeedForward(nn.Module):
             expert = routing.expert.t().reshape(-1)
             gate = routing.gate.t().reshape(-1)
             token = torch.arange(num_frames, device=flat.device).repeat(top_k)
-        order = torch.argsort(expert, stable=True)
-        sorted_expert = expert.index_select(0, order)
-        # Per-expert counts without a host sync (bincount on CUDA would sync on its max).
+        sorted_expert, order = torch.sort(expert, stable=True)
+        # End row of each expert's slice, without a host sync (bincount on CUDA would sync
+        # on its max); int32, the offsets that torch._grouped_mm takes.
         ends = torch.searchsorted(
-            sorted_expert, torch.arange(num_experts, device=flat.device), right=True
+            sorted_expert, torch.arange(num_experts, device=flat.device), right=True, out_int32=True
         )
-        counts = torch.diff(ends, prepend=ends.new_zeros(1))
-        dropped = counts.new_zeros(())
+        dropped = expert.new_zeros(())
         capacity = self.capacity(num_frames)
         if capacity is not None:
+            counts = torch.diff(ends, prepend=ends.new_zeros(1))
             position = torch.arange(order.shape[0], device=order.device) - (ends - counts)[sorted_expert]
             keep = position < capacity
             order, sorted_expert = order[keep], sorted_expert[keep]
             kept = counts.clamp(max=capacity)
             dropped = (counts - kept).sum()
-            counts = kept
+            ends = kept.cumsum(0, dtype=torch.int32)
         sorted_gate = gate.index_select(0, order)
         rows = order if token is None else token.index_select(0, order)  # frame of each row
         if index is not None:
             rows = index.index_select(0, rows)  # ... as a row of ``flat``
-        out = self.experts.combine(flat, rows, counts, sorted_expert, sorted_gate, unique=token is None)
+        out = self.experts.combine(flat, rows, ends, sorted_expert, sorted_gate, unique=token is None)
         return out, dropped
