@@ -168,6 +168,62 @@ def cuda_acceptance(results_dir):
     return f"### Acceptance, CUDA bf16 (`{device}`)\n\n" + "\n".join(lines) + "\n"
 
 
+# op_count.py runs: the current code, and the code that was timed on the GPU above.
+OP_COUNT_NOW, OP_COUNT_TIMED = "op_count.json", "op_count_87ea7b9.json"
+
+
+def _cuda_eager_ratios(results_dir):
+    """H200 eager time / dense of the FFN (range over the E=8 cases) and of the encoders."""
+    out = {}
+    run = load(results_dir, "moe_ffn_cuda_full.json")
+    if run is not None:
+        rs = [ratio(c, "moe") for c in run["cases"] if c["experts"] == 8 and ratio(c, "moe") is not None]
+        if rs:
+            out[("ffn", "moe")] = f"{min(rs):.2f}-{max(rs):.2f}x"
+    enc = load(results_dir, "encoder_step_cuda.json")
+    if enc is not None:
+        r = enc["results"]
+        for k in ("switch", "omni"):
+            out[("encoder", k)] = f"{r[k]['median_s'] / r['dense']['median_s']:.2f}x"
+    return out
+
+
+def op_count_section(results_dir):
+    """Kernel and host-sync counts now and in the GPU-timed code, with the GPU's eager ratios."""
+    now, timed = load(results_dir, OP_COUNT_NOW), load(results_dir, OP_COUNT_TIMED)
+    if now is None:
+        return ""
+    cuda = _cuda_eager_ratios(results_dir)
+    tag = timed["config"]["commit"] if timed else None
+    head = ["step", "variant"]
+    if timed:
+        head += [f"kernels vs dense, {tag}", f"host syncs, {tag}", f"CUDA eager time vs dense, {tag}"]
+    head += [f"kernels vs dense, {now['config']['commit']}", f"host syncs, {now['config']['commit']}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def cells(run, group, key):
+        rows = run["results"][group]
+        r = rows[key]
+        return [f"{r['kernels']} ({r['kernels'] / rows['dense']['kernels']:.2f}x)", str(r["syncs"])]
+
+    for group, rows in now["results"].items():
+        for key in rows:
+            row = [group, key]
+            if timed:
+                row += cells(timed, group, key) + [cuda.get((group, key), "1.00x" if key == "dense" else "-")]
+            row += cells(now, group, key)
+            lines.append("| " + " | ".join(row) + " |")
+    title = f"### Kernel launches and host syncs per training step, counted on CPU (`results/{OP_COUNT_NOW}`"
+    title += f", `results/{OP_COUNT_TIMED}`)" if timed else ")"
+    note = (
+        "Kernels: non-view ATen operators of one forward+backward (the count, and the ratio to dense); "
+        "host syncs: those that make the host wait for CUDA (ESPnet's own `make_pad_mask` accounts "
+        "for 3 in every encoder). CUDA eager time: from the H200 tables below, which were measured "
+        f"on the MoE code of {tag} (FFN: range over the E=8 cases)." if timed else ""
+    )
+    return f"\n{title}\n\n{note}\n\n" + "\n".join(lines) + "\n"
+
+
 def generate(results_dir):
     out = []
     for moe_name, enc_name, title in ACCEPTANCE_RUNS:
@@ -183,6 +239,9 @@ def generate(results_dir):
     cuda = cuda_acceptance(results_dir)
     if cuda:
         out.append(cuda)
+    counts = op_count_section(results_dir)
+    if counts:
+        out.append(counts)
     for name, title in MOE_RUNS:
         run = load(results_dir, name)
         if run is None:

@@ -452,3 +452,23 @@ def test_roe_verdict_separates_gains_from_noise(errors_k2, verdict):
     assert text.startswith(f"Switch Conformer: RoE {verdict} on the out-of-domain sets"), text
     assert f"{2 * errors_k2} vs 400 word errors in 1000 OOD reference words" in text
     assert "2.0x the real-time factor" in text
+
+
+def test_op_count_and_its_readme_section(tmp_path):
+    """op_count.py: every row counted, MoE above dense, one host sync more per encoder step;
+    make_readme.py turns the JSON into the README's table."""
+    import make_readme
+    import op_count
+
+    out = tmp_path / "op_count.json"
+    op_count.main(["--out", str(out)])
+    run = json.loads(out.read_text())
+    ffn, enc = run["results"]["ffn"], run["results"]["encoder"]
+    assert ffn["moe"]["kernels"] > ffn["dense"]["kernels"] > 0 and ffn["moe"]["syncs"] == 0
+    assert len(ffn["moe"]["ops"]) == ffn["moe"]["kernels"] and "_grouped_mm" in ffn["moe"]["ops"]
+    for key in ("switch", "omni"):
+        assert enc[key]["kernels"] > enc["dense"]["kernels"]
+        assert enc[key]["syncs"] == enc["dense"]["syncs"] + 1 and enc[key]["sync_ops"]["nonzero"] == 1
+    section = make_readme.op_count_section(str(tmp_path))
+    row = f"| encoder | switch | {enc['switch']['kernels']} ({enc['switch']['kernels'] / enc['dense']['kernels']:.2f}x) |"
+    assert row in section and "op_count.json" in section
