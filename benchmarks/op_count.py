@@ -77,9 +77,13 @@ def summarize(ops):
     return {"kernels": len(kernels), "syncs": sum(syncs.values()), "sync_ops": dict(syncs), "ops": kernels}
 
 
-def count_step(step):
-    """Operators of the second call of ``step`` (the first may initialise lazily)."""
+def count_step(step, leaves):
+    """Operators of the second call of ``step`` (the first may initialise lazily), with the
+    gradients of ``leaves`` set to None before it, as a training step starts (otherwise
+    each would be accumulated with an extra ``add_``)."""
     step()
+    for t in leaves:
+        t.grad = None
     with OpCounter() as counter:
         step()
     return summarize(counter.ops)
@@ -92,7 +96,7 @@ def ffn_steps(d, h, num_experts, frames):
     x = torch.randn(1, frames, d, requires_grad=True)
 
     def step(m):
-        return lambda: m(x).sum().backward()
+        return (lambda: m(x).sum().backward()), [x, *m.parameters()]
 
     return {"dense": step(dense), "moe": step(moe)}
 
@@ -118,7 +122,7 @@ def encoder_steps(batch, frames, feat_dim):
                 moe_layer_stats(records)
             loss.backward()
 
-        steps[key] = step
+        steps[key] = step, list(enc.parameters())
     return steps
 
 
@@ -143,7 +147,7 @@ def main(argv=None):
         "ffn": ffn_steps(64, 256, args.experts, 256),
         "encoder": encoder_steps(batch=4, frames=400, feat_dim=80),
     }
-    results = {g: {k: count_step(s) for k, s in steps.items()} for g, steps in groups.items()}
+    results = {g: {k: count_step(*s) for k, s in steps.items()} for g, steps in groups.items()}
     print(op_count_table(results))
     if args.list:
         for k, r in results["ffn"].items():
