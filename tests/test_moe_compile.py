@@ -209,3 +209,62 @@ def test_cuda_bf16_compiled_matches_eager():
     torch.testing.assert_close(y_c, y, atol=1e-2, rtol=1e-2)
     for a, b in zip(g_c, g):
         torch.testing.assert_close(a, b, atol=1e-2, rtol=1e-2)
+
+
+def _count_cuda_syncs(step):
+    """Host syncs of ``step()`` on CUDA, from torch's sync debug mode (one warning each)."""
+    import warnings
+
+    step()  # warm-up: lazy initialisation may sync
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    return sum("synchronizing" in str(w.message) for w in caught)
+
+
+@CUDA
+@pytest.mark.skipif(not hopper(), reason="grouped_mm path needs sm90+")
+def test_cuda_encoder_step_syncs_once_more_than_dense():
+    """On the GPU, a Switch Conformer training step with padding, bf16 autocast, aux losses and
+    statistics waits for the device exactly once more than the dense Conformer's (the
+    padding's nonzero); tests/test_encoders.py checks the same operator by operator on CPU."""
+    from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
+
+    from espnet_omnirouter.encoders import SwitchConformerEncoder
+    from espnet_omnirouter.moe import moe_aux_losses, moe_layer_stats
+
+    kwargs = dict(
+        output_size=64, attention_heads=2, linear_units=128, num_blocks=2, input_layer="conv2d",
+        macaron_style=True, rel_pos_type="latest", pos_enc_layer_type="rel_pos",
+        selfattention_layer_type="rel_selfattn", cnn_module_kernel=5,
+    )
+    torch.manual_seed(0)
+    xs = torch.randn(3, 120, 20, device="cuda")
+    ilens = torch.tensor([120, 90, 70], device="cuda")
+    encoders = {
+        "dense": ConformerEncoder(20, **kwargs).cuda().train(),
+        "switch": SwitchConformerEncoder(20, num_experts=4, **kwargs).cuda().train(),
+    }
+
+    def step(enc):
+        def run_once():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out, _, _ = enc(xs, ilens)
+                loss = out.float().sum()
+                if hasattr(enc, "moe_records"):
+                    records = enc.moe_records()
+                    loss = loss + sum(moe_aux_losses(records).values())
+                    moe_layer_stats(records)
+            loss.backward()
+
+        return run_once
+
+    syncs = {k: _count_cuda_syncs(step(enc)) for k, enc in encoders.items()}
+    hidden = torch.empty(1, kwargs["output_size"], device="cuda", dtype=torch.bfloat16)
+    assert all(ffn.experts.use_grouped_mm(hidden) for ffn in encoders["switch"].moe_ffns())
+    assert syncs["switch"] == syncs["dense"] + 1, syncs
