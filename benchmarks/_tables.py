@@ -74,8 +74,6 @@ def encoder_table(results, memory=True):
     return "\n".join(lines)
 
 
-
-
 def op_count_table(results):
     """Markdown table of ``op_count.py``'s counts: kernels (vs dense) and host syncs per step."""
     head = ["step", "variant", "kernels", "vs dense", "host syncs (CUDA)"]

@@ -118,7 +118,8 @@ def encoder_steps(batch, frames, feat_dim):
             if hasattr(enc, "moe_records"):
                 records = enc.moe_records()
                 aux = moe_aux_losses(records)
-                loss = loss + 0.01 * aux["lb"] + 0.001 * aux["z"]
+                for name, weight in encoder_step.AUX_WEIGHTS.items():
+                    loss = loss + weight * aux[name]
                 moe_layer_stats(records)
             loss.backward()
 
