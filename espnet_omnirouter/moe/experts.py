@@ -165,15 +165,15 @@ class Experts(nn.Module):
     def _grouped_mm(self, x: torch.Tensor, ends: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
         # One kernel per matmul, no host sync: the offsets are the end row of each expert.
         offsets = ends.to(torch.int32)  # no-op for the int32 ends of MoEFeedForward
-        # Per-row biases as a one-hot [M, E] matmul fused into addmm: its backward is the
-        # GEMM onehot^T @ grad (a per-expert row sum), not an index_put/atomic scatter-add
-        # of M rows into E rows.
+        # Per-row biases as a one-hot [M, E] matmul added in place to the grouped_mm output
+        # (an out-of-place addmm would first copy it): its backward is the GEMM
+        # onehot^T @ grad (a per-expert row sum), not an index_put/atomic scatter-add of M
+        # rows into E rows.  In place is safe: _grouped_mm's backward needs its inputs only.
         onehot = (expert.unsqueeze(1) == torch.arange(self.num_experts, device=x.device)).to(x.dtype)
-        hidden = torch._grouped_mm(x, self.w1.to(x.dtype), offs=offsets)
-        hidden = torch.addmm(hidden, onehot, self.b1.to(x.dtype))
+        hidden = torch._grouped_mm(x, self.w1.to(x.dtype), offs=offsets).addmm_(onehot, self.b1.to(x.dtype))
         hidden = self.dropout(self.activation(hidden))
         out = torch._grouped_mm(hidden, self.w2.to(x.dtype), offs=offsets)
-        return torch.addmm(out, onehot, self.b2.to(x.dtype))
+        return out.addmm_(onehot, self.b2.to(x.dtype))
 
     # The slice sizes are data: keep the compiler out (it would recompile for each new set
     # of sizes); under torch.compile the grouped_mm path is used where it can run.

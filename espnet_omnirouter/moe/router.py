@@ -82,7 +82,10 @@ class Router(nn.Module):
                 x = x * torch.empty_like(x).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
             logits = nn.functional.linear(x, self.weight.float())
             probs = logits.softmax(dim=-1)
-            if self.selection_noise is None:
+            if self.selection_noise is None and self.top_k == 1:
+                # max, not topk: on CUDA topk's kernel takes several times longer.
+                gate, expert = probs.max(dim=-1, keepdim=True)
+            elif self.selection_noise is None:
                 gate, expert = probs.topk(self.top_k, dim=-1)
             else:
                 expert = self.selection_noise(logits).topk(self.top_k, dim=-1).indices
