@@ -25,9 +25,22 @@ import platform
 import statistics
 import subprocess
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
+
+
+def git_commit() -> Optional[str]:
+    """Short hash of the checked-out commit (None outside a git checkout), with "+changes"
+    when tracked files differ from it."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        git = ["git", "-C", root]
+        commit = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        changed = subprocess.run(git + ["diff", "--quiet", "HEAD"], capture_output=True).returncode != 0
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit.stdout.strip() + ("+changes" if changed else "")
 
 
 def machine_info(device: torch.device) -> Dict[str, object]:
@@ -48,6 +61,7 @@ def machine_info(device: torch.device) -> Dict[str, object]:
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else model,
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "commit": git_commit(),
     }
     try:
         info["loadavg_at_start"] = list(os.getloadavg())

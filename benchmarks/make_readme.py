@@ -24,6 +24,7 @@ MOE_RUNS = [
     ("moe_ffn_impls.json", "CPU, our two expert implementations (`moe`: fused loop, the CPU default; `moe_gmm`: torch._grouped_mm)"),
     ("moe_ffn_cuda_full.json", "CUDA, full grid, eager"),
     ("moe_ffn_cuda.json", "CUDA, gpu_check.sh's reduced grid, eager"),
+    ("moe_ffn_cuda_large.json", "CUDA, 128k and 256k frames (GPU-bound), eager"),
     ("moe_ffn_cuda_compile.json", "CUDA, torch.compile (default mode)"),
     ("moe_ffn_cuda_cudagraphs.json", "CUDA, torch.compile mode=reduce-overhead (CUDA graphs)"),
 ]
@@ -37,6 +38,18 @@ ENCODER_RUNS = [
     ("encoder_step.json", "CPU"),
     ("encoder_step_1thread.json", "CPU, 1 thread"),
     ("encoder_step_cuda.json", "CUDA"),
+    ("encoder_step_cuda_b64.json", "CUDA, batch 64"),
+    ("encoder_step_cuda_b256.json", "CUDA, batch 256"),
+]
+# CUDA eager runs of an earlier commit and of the current code, same grid (before, after).
+BEFORE_AFTER_FFN = [
+    ("moe_ffn_cuda_b8292a2.json", "moe_ffn_cuda.json"),
+    ("moe_ffn_cuda_large_b8292a2.json", "moe_ffn_cuda_large.json"),
+]
+BEFORE_AFTER_ENCODER = [
+    ("encoder_step_cuda_b8292a2.json", "encoder_step_cuda.json"),
+    ("encoder_step_cuda_b64_b8292a2.json", "encoder_step_cuda_b64.json"),
+    ("encoder_step_cuda_b256_b8292a2.json", "encoder_step_cuda_b256.json"),
 ]
 
 
@@ -59,7 +72,7 @@ def machine_line(run):
         c["dtype"],
         f"warm-up {c['warmup']}, median of "
         + (f"up to {c['repeats']} rounds (column `rounds`)" if "case_budget_s" in c else f"{c['repeats']} rounds"),
-        f"measured {m['time']}",
+        f"measured {m['time']}" + (f" on commit {m['commit']}" if m.get("commit") else ""),
     ]
     if load:
         parts.append(f"load average at start {load[0]:.1f}")
@@ -136,9 +149,14 @@ ACCEPTANCE_RUNS = [
 ]
 
 
+def commit(run):
+    """The commit a run measured (recorded since b8292a2's benchmarks), or "-"."""
+    return run["machine"].get("commit") or "-"
+
+
 def cuda_acceptance(results_dir):
     """moe / dense time at the CPU target's case and the worst case of each CUDA run."""
-    lines = ["| target | measured | wanted | |", "|---|---|---|---|"]
+    lines = ["| target | measured | wanted | | commit |", "|---|---|---|---|---|"]
     device = None
     for name, how in CUDA_ACCEPTANCE_RUNS:
         run = load(results_dir, name)
@@ -146,7 +164,7 @@ def cuda_acceptance(results_dir):
             continue
         device = run["machine"]["device_name"]
         c8 = find_case(run, 256, 8192, 8)
-        lines.append(check(f"moe / dense time, d=256 h=1024 S=8k E=8, {how}", c8 and ratio(c8, "moe"), "<= 1.3", stall_column=False))
+        lines.append(check(f"moe / dense time, d=256 h=1024 S=8k E=8, {how}", c8 and ratio(c8, "moe"), "<= 1.3", stall_column=False) + f" {commit(run)} |")
         worst = max(
             ((ratio(c, "moe"), c) for c in run["cases"] if ratio(c, "moe") is not None),
             key=lambda rc: rc[0], default=(None, None),
@@ -154,33 +172,48 @@ def cuda_acceptance(results_dir):
         if worst[1] is not None:
             c = worst[1]
             label = f"moe / dense time, worst of {len(run['cases'])} cases (d={c['d']} S={c['frames']} E={c['experts']}), {how}"
-            lines.append(check(label, worst[0], "<= 1.3", stall_column=False))
-    enc = load(results_dir, "encoder_step_cuda.json")
-    if enc is not None:
+            lines.append(check(label, worst[0], "<= 1.3", stall_column=False) + f" {commit(run)} |")
+    run = large = load(results_dir, "moe_ffn_cuda_large.json")
+    if large is not None:
+        for pick, word in ((min, "best"), (max, "worst")):
+            r, c = pick((ratio(c, "moe"), c) for c in large["cases"])
+            label = f"moe / dense time, {word} of {len(large['cases'])} GPU-bound cases (d={c['d']} S={c['frames']} E={c['experts']}), eager"
+            lines.append(check(label, r, "<= 1.3", stall_column=False) + f" {commit(run)} |")
+    for name in ("encoder_step_cuda.json", "encoder_step_cuda_b64.json", "encoder_step_cuda_b256.json"):
+        run = enc = load(results_dir, name)
+        if enc is None:
+            continue
         device = device or enc["machine"]["device_name"]
         r = enc["results"]
         for k in ("switch", "omni"):
-            lines.append(
-                check(f"{k} / dense Conformer training step time, eager", r[k]["median_s"] / r["dense"]["median_s"], "<= 1.3", stall_column=False)
-            )
+            label = f"{k} / dense Conformer training step time, batch {enc['config']['batch']}, eager"
+            lines.append(check(label, r[k]["median_s"] / r["dense"]["median_s"], "<= 1.3", stall_column=False) + f" {commit(run)} |")
     if device is None:
         return ""
     return f"### Acceptance, CUDA bf16 (`{device}`)\n\n" + "\n".join(lines) + "\n"
 
 
-# op_count.py runs: the current code, and the code that was timed on the GPU above.
+# op_count.py runs: the current code, and an earlier code; with the CUDA eager runs of each
+# (moe_ffn JSON, encoder_step JSON).
 OP_COUNT_NOW, OP_COUNT_TIMED = "op_count.json", "op_count_87ea7b9.json"
+OP_COUNT_CUDA = {
+    OP_COUNT_NOW: ("moe_ffn_cuda.json", "encoder_step_cuda.json"),
+    OP_COUNT_TIMED: ("moe_ffn_cuda_full_87ea7b9.json", "encoder_step_cuda_87ea7b9.json"),
+}
 
 
-def _cuda_eager_ratios(results_dir):
-    """H200 eager time / dense of the FFN (range over the E=8 cases) and of the encoders."""
+def _cuda_eager_ratios(results_dir, counts_name):
+    """CUDA eager time / dense of the FFN (range over the E=8, S=8k/32k cases) and of the
+    encoders (batch 8), from the GPU runs of the code that ``counts_name`` counted."""
     out = {}
-    run = load(results_dir, "moe_ffn_cuda_full.json")
+    moe_name, enc_name = OP_COUNT_CUDA[counts_name]
+    run = load(results_dir, moe_name)
     if run is not None:
-        rs = [ratio(c, "moe") for c in run["cases"] if c["experts"] == 8 and ratio(c, "moe") is not None]
+        rs = [ratio(c, "moe") for c in run["cases"] if c["experts"] == 8 and c["frames"] in (8192, 32768)]
+        rs = [r for r in rs if r is not None]
         if rs:
             out[("ffn", "moe")] = f"{min(rs):.2f}-{max(rs):.2f}x"
-    enc = load(results_dir, "encoder_step_cuda.json")
+    enc = load(results_dir, enc_name)
     if enc is not None:
         r = enc["results"]
         for k in ("switch", "omni"):
@@ -193,35 +226,76 @@ def op_count_section(results_dir):
     now, timed = load(results_dir, OP_COUNT_NOW), load(results_dir, OP_COUNT_TIMED)
     if now is None:
         return ""
-    cuda = _cuda_eager_ratios(results_dir)
     tag = timed["config"]["commit"] if timed else None
     head = ["step", "variant"]
     if timed:
         head += [f"kernels vs dense, {tag}", f"host syncs, {tag}", f"CUDA eager time vs dense, {tag}"]
-    head += [f"kernels vs dense, {now['config']['commit']}", f"host syncs, {now['config']['commit']}"]
+    now_tag = now["config"]["commit"]
+    head += [f"kernels vs dense, {now_tag}", f"host syncs, {now_tag}", f"CUDA eager time vs dense, {now_tag}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
-    def cells(run, group, key):
+    def cells(run, name, group, key):
         rows = run["results"][group]
         r = rows[key]
-        return [f"{r['kernels']} ({r['kernels'] / rows['dense']['kernels']:.2f}x)", str(r["syncs"])]
+        cuda = _cuda_eager_ratios(results_dir, name).get((group, key), "1.00x" if key == "dense" else "-")
+        return [f"{r['kernels']} ({r['kernels'] / rows['dense']['kernels']:.2f}x)", str(r["syncs"]), cuda]
 
     for group, rows in now["results"].items():
         for key in rows:
             row = [group, key]
             if timed:
-                row += cells(timed, group, key) + [cuda.get((group, key), "1.00x" if key == "dense" else "-")]
-            row += cells(now, group, key)
+                row += cells(timed, OP_COUNT_TIMED, group, key)
+            row += cells(now, OP_COUNT_NOW, group, key)
             lines.append("| " + " | ".join(row) + " |")
     title = f"### Kernel launches and host syncs per training step, counted on CPU (`results/{OP_COUNT_NOW}`"
     title += f", `results/{OP_COUNT_TIMED}`)" if timed else ")"
     note = (
         "Kernels: non-view ATen operators of one forward+backward (the count, and the ratio to dense); "
         "host syncs: those that make the host wait for CUDA (ESPnet's own `make_pad_mask` accounts "
-        "for 3 in every encoder). CUDA eager time: from the H200 tables below, which were measured "
-        f"on the MoE code of {tag} (FFN: range over the E=8 cases)." if timed else ""
+        "for 3 in every encoder). CUDA eager time: measured on the H200 on the same code "
+        f"({', '.join('`results/%s`' % n for pair in OP_COUNT_CUDA.values() for n in pair)}; "
+        "FFN: range over the E=8, 8k/32k-frame cases; encoder: batch 8)."
     )
     return f"\n{title}\n\n{note}\n\n" + "\n".join(lines) + "\n"
+
+
+def before_after_section(results_dir):
+    """moe / dense CUDA eager time of the same cases measured on two commits."""
+    lines = []
+    for before_name, after_name in BEFORE_AFTER_FFN + BEFORE_AFTER_ENCODER:
+        before, after = load(results_dir, before_name), load(results_dir, after_name)
+        if before is None or after is None:
+            continue
+        if not lines:
+            tags = before["machine"].get("commit"), after["machine"].get("commit")
+            lines = [f"| step | case | dense, {tags[0]} | moe, {tags[0]} | dense, {tags[1]} | moe, {tags[1]} |", "|---|---|---|---|---|---|"]
+        if before["benchmark"] == "moe_ffn":
+            for c in after["cases"]:
+                b = find_case(before, c["d"], c["frames"], c["experts"])
+                if b is None:
+                    continue
+                case = f"d={c['d']} S={c['frames']} E={c['experts']}"
+                lines.append(
+                    f"| ffn | {case} | {b['variants']['dense']['median_s'] * 1e3:.2f} ms | {ratio(b, 'moe'):.2f}x"
+                    f" | {c['variants']['dense']['median_s'] * 1e3:.2f} ms | {ratio(c, 'moe'):.2f}x |"
+                )
+        else:
+            rb, ra = before["results"], after["results"]
+            for k in ("switch", "omni"):
+                lines.append(
+                    f"| encoder, batch {after['config']['batch']} | {k} | {rb['dense']['median_s'] * 1e3:.0f} ms"
+                    f" | {rb[k]['median_s'] / rb['dense']['median_s']:.2f}x | {ra['dense']['median_s'] * 1e3:.0f} ms"
+                    f" | {ra[k]['median_s'] / ra['dense']['median_s']:.2f}x |"
+                )
+    if not lines:
+        return ""
+    names = ", ".join(f"`results/{b}`" for b, _ in BEFORE_AFTER_FFN + BEFORE_AFTER_ENCODER)
+    return (
+        f"\n### CUDA eager time before and after commit {tags[1]} ({names} and the same names without the suffix)\n\n"
+        "Dense step time and moe (or encoder) / dense time ratio; each commit measured in its own "
+        "lease of an H200 (two machines of the same kind, not an A/B on one machine).\n\n"
+        + "\n".join(lines) + "\n"
+    )
 
 
 def generate(results_dir):
@@ -239,9 +313,9 @@ def generate(results_dir):
     cuda = cuda_acceptance(results_dir)
     if cuda:
         out.append(cuda)
-    counts = op_count_section(results_dir)
-    if counts:
-        out.append(counts)
+    for section in (op_count_section(results_dir), before_after_section(results_dir)):
+        if section:
+            out.append(section)
     for name, title in MOE_RUNS:
         run = load(results_dir, name)
         if run is None:

@@ -24,7 +24,6 @@ statistics that ``moe_espnet`` adds to every step).
 import argparse
 import collections
 import os
-import subprocess
 import sys
 
 import torch
@@ -127,16 +126,6 @@ def encoder_steps(batch, frames, feat_dim):
     return steps
 
 
-def git_commit():
-    try:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        return subprocess.run(
-            ["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experts", type=int, default=8)
@@ -161,7 +150,7 @@ def main(argv=None):
             dict(
                 benchmark="op_count",
                 machine=_bench.machine_info(torch.device("cpu")),
-                config=dict(experts=args.experts, commit=git_commit()),
+                config=dict(experts=args.experts, commit=_bench.git_commit()),
                 results=results,
             ),
         )
