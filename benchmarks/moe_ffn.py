@@ -147,6 +147,26 @@ def build(variant, d, h, num_experts, act, ref):
     raise ValueError(variant)
 
 
+def training_step(module, x, grad, autocast):
+    """One forward+backward of ``module`` on ``x`` with output gradient ``grad``, gradients
+    reset first (``step.zero()`` resets them alone); ``autocast()`` gives the context."""
+    params = list(module.parameters())
+
+    def zero():
+        x.grad = None
+        for p in params:
+            p.grad = None
+
+    def step():
+        zero()
+        with autocast():
+            y = module(x)
+        y.backward(grad.to(y.dtype))
+
+    step.zero = zero
+    return step
+
+
 def gshard_bytes(frames, num_experts):
     c = math.ceil(1.25 * frames / num_experts)
     return frames * num_experts * c * 4  # one float32 [S, E, C] tensor
@@ -259,27 +279,10 @@ def main(argv=None):
                     continue
                 modules[v] = ref if v == "moe" else build(v, d, h, num_experts, act, ref).to(device)
 
-            def make_step(m):
-                params = list(m.parameters())
-
-                def zero():
-                    x.grad = None
-                    for p in params:
-                        p.grad = None
-
-                def step():
-                    zero()
-                    with autocast():
-                        y = m(x)
-                    y.backward(grad.to(y.dtype))
-
-                step.zero = zero
-                return step
-
             steps = {
-                v: make_step(
-                    torch.compile(m, mode=args.compile)
-                    if args.compile and v in COMPILED_VARIANTS else m
+                v: training_step(
+                    torch.compile(m, mode=args.compile) if args.compile and v in COMPILED_VARIANTS else m,
+                    x, grad, autocast,
                 )
                 for v, m in modules.items()
             }

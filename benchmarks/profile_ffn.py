@@ -18,7 +18,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from moe_ffn import build  # noqa: E402
+from moe_ffn import build, training_step  # noqa: E402
 
 
 def main(argv=None):
@@ -42,15 +42,9 @@ def main(argv=None):
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
     print(f"# profile_ffn: {torch.cuda.get_device_name() if cuda else 'CPU'} | d={d} h={h} "
           f"S={args.frames} E={args.experts} | {'bf16 autocast' if cuda else 'fp32'}")
+    autocast = lambda: torch.autocast(device, dtype=torch.bfloat16, enabled=cuda)  # noqa: E731
     for name, module in modules.items():
-        def step():
-            x.grad = None
-            for p in module.parameters():
-                p.grad = None
-            with torch.autocast(device, dtype=torch.bfloat16, enabled=cuda):
-                y = module(x)
-            y.backward(grad.to(y.dtype))
-
+        step = training_step(module, x, grad, autocast)
         for _ in range(3):
             step()
         sync()
