@@ -196,12 +196,12 @@ def _split(records, *takes) -> List[List[np.ndarray]]:
             counts = layer_counts
         elif not np.array_equal(counts, layer_counts):
             raise ValueError(f"MoE layer {i} routed other frames than layer 0: {layer_counts} vs {counts}")
+        routed = rec.routing.expert.shape[0]  # every take reads one value per routed frame
+        if routed != counts.sum():
+            raise ValueError(f"MoE layer {i}: {routed} routed frames but {counts.sum()} real frames")
         bounds = np.cumsum(counts)[:-1]
         for take, per_layer in zip(takes, per_take):
-            values = take(rec.routing).detach().cpu().numpy()
-            if len(values) != counts.sum():
-                raise ValueError(f"MoE layer {i}: {len(values)} routed frames but {counts.sum()} real frames")
-            per_layer.append(np.split(values, bounds))
+            per_layer.append(np.split(take(rec.routing).detach().cpu().numpy(), bounds))
     if counts is None:
         raise ValueError("no MoE layer records")
     return [
