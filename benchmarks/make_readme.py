@@ -119,6 +119,11 @@ def acceptance(moe, enc):
         lines.append(
             check("loop / moe time, d=256 h=1024 S=8k E=16", c16 and ratio(c16, "loop", "moe"), ">= 1.5", load16, "higher")
         )
+        bound = c16 and ratio(c16, "loop", "matmuls")
+        lines.append(
+            f"| the most loop / moe can be: loop / expert matmuls alone, d=256 h=1024 S=8k E=16 | "
+            f"{'%.2fx' % bound if bound else 'not measured'} | reported | | {stall(load16)} |"
+        )
         g = c8 and ratio(c8, "gshard")
         lines.append(
             f"| gshard / dense time, d=256 h=1024 S=8k E=8 | {'%.2fx' % g if g else 'not measured'} | reported | "

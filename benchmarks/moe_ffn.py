@@ -9,6 +9,8 @@ Variants, all with the same width ``d``, expert/FFN hidden size ``h`` and activa
           boolean masks, ``for e: m = idx == e; out[m] = gate[m, None] * ffn_e(x[m])``
   gshard  GShard-style one-hot einsum dispatch, capacity factor 1.25: dispatch and combine
           tensors ``[S, E, C]``, ``C = ceil(1.25 S / E)``; over-capacity frames get 0
+  matmuls the expert matmuls of ``moe``'s routing alone, nothing else: a lower bound for
+          any top-1 MoE that computes in this dtype (see ``ExpertMatmuls``)
   moe_gmm (opt-in, ``--variants``) ours with ``Experts.impl = "grouped_mm"`` forced
 
 Grid (defaults = full grid): ``--experts 4,8,16 --frames 2048,8192,32768
@@ -40,10 +42,12 @@ from espnet.nets.pytorch_backend.transformer.positionwise_feed_forward import ( 
 )
 
 from espnet_omnirouter.moe import Experts, MoEFeedForward, Router  # noqa: E402
+from espnet_omnirouter.moe.experts import compute_dtype  # noqa: E402
 
 ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "espnet_swish": Swish}
-ALL_VARIANTS = ("dense", "moe", "loop", "gshard", "moe_gmm")
-DEFAULT_VARIANTS = ("dense", "moe", "loop", "gshard")
+ALL_VARIANTS = ("dense", "moe", "loop", "gshard", "matmuls", "moe_gmm")
+DEFAULT_VARIANTS = ("dense", "moe", "loop", "gshard", "matmuls")
+NOT_AN_FFN = ("dense", "moe", "matmuls")  # variants not compared with moe's output
 COMPILED_VARIANTS = ("dense", "moe", "moe_gmm")  # with --compile
 
 
@@ -114,8 +118,57 @@ class GShardMoE(nn.Module):
         return out.view(x.shape)
 
 
-def build(variant, d, h, num_experts, act, ref):
-    """The module of ``variant``; MoE variants copy the router/expert weights of ``ref``."""
+class ExpertMatmuls(nn.Module):
+    """The matmuls that a top-1 MoE FFN step must do, and nothing else.
+
+    Forward ``(x_e @ w1[e]) @ w2[e]`` on consecutive slices ``x_e`` of the input whose sizes
+    are the per-expert frame counts of a routing; backward the four matmuls of their
+    gradients.  No router, sort, gather, bias, activation, gate or scatter: every top-1
+    MoE FFN with these weights and this routing computes at least these six matmuls per
+    expert in the same dtype, so its step cannot be faster than this one (up to matmul
+    blocking).  On the path where ours uses ``torch._grouped_mm`` this does too (two
+    grouped matmuls forward, four backward), elsewhere one matmul per slice.
+
+    Args:
+        ref: an ``MoEFeedForward``; its expert weights are copied.
+        sizes: ``[E]`` frames per expert (sum = frames of the input).
+    """
+
+    def __init__(self, ref, sizes):
+        super().__init__()
+        self.use_grouped_mm = ref.experts.use_grouped_mm  # ours' path decision
+        self.w1 = nn.Parameter(ref.experts.w1.detach().clone())
+        self.w2 = nn.Parameter(ref.experts.w2.detach().clone())
+        self.sizes = [int(n) for n in sizes]
+
+    def forward(self, x):
+        """``[..., d]`` -> ``[..., d]`` (frames taken as already sorted by expert)."""
+        flat = x.reshape(-1, x.shape[-1])
+        if flat.shape[0] != sum(self.sizes):
+            raise ValueError(f"ExpertMatmuls: {flat.shape[0]} frames, routing sizes sum to {sum(self.sizes)}")
+        dtype = compute_dtype(flat)
+        flat, w1, w2 = flat.to(dtype), self.w1.to(dtype), self.w2.to(dtype)
+        if self.use_grouped_mm(flat):
+            offs = torch.tensor(self.sizes, device=flat.device).cumsum(0).to(torch.int32)
+            y = torch._grouped_mm(torch._grouped_mm(flat, w1, offs=offs), w2, offs=offs)
+        else:
+            # split/unbind/cat: their backwards are one cat/stack, not E zero-filled copies
+            slices = zip(flat.split(self.sizes), w1.unbind(0), w2.unbind(0))
+            y = torch.cat([x_e @ w1_e @ w2_e for x_e, w1_e, w2_e in slices])
+        return y.view(x.shape)
+
+
+def routing_sizes(moe, x):
+    """Frames per expert of ``moe``'s routing of ``x``: ``[E]`` int64."""
+    with torch.no_grad():
+        frames = x.reshape(-1, x.shape[-1])
+        expert = moe.router(frames).expert[:, 0]
+    return torch.bincount(expert, minlength=moe.router.num_experts)
+
+
+def build(variant, d, h, num_experts, act, ref, x=None):
+    """The module of ``variant``; MoE variants copy the router/expert weights of ``ref``
+    (``matmuls`` also takes its slice sizes from ``ref``'s routing of ``x``)."""
     if variant == "dense":
         return PositionwiseFeedForward(d, h, 0.0, act())
     if variant in ("moe", "moe_gmm"):
@@ -127,6 +180,8 @@ def build(variant, d, h, num_experts, act, ref):
             layer.load_state_dict(ref.state_dict())
         return layer
     ex = ref.experts
+    if variant == "matmuls":
+        return ExpertMatmuls(ref, routing_sizes(ref, x).tolist())
     if variant == "loop":
         m = LoopMoE(d, h, num_experts, act)
         with torch.no_grad():
@@ -277,7 +332,7 @@ def main(argv=None):
                         f" > --gshard-max-gib {args.gshard_max_gib:g})"
                     )
                     continue
-                modules[v] = ref if v == "moe" else build(v, d, h, num_experts, act, ref).to(device)
+                modules[v] = ref if v == "moe" else build(v, d, h, num_experts, act, ref, x).to(device)
 
             steps = {
                 v: training_step(
@@ -292,7 +347,7 @@ def main(argv=None):
                 counts = torch.bincount(ref.last.routing.expert[:, 0], minlength=num_experts)
                 case["max_load_frac"] = counts.max().item() / frames
                 for v, m in modules.items():
-                    if v in ("dense", "moe"):
+                    if v in NOT_AN_FFN:
                         continue
                     y = m(x).float()
                     kept = y.abs().sum(-1) > 0 if v == "gshard" else torch.ones_like(y[..., 0], dtype=torch.bool)

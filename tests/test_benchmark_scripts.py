@@ -534,3 +534,51 @@ def test_benchmarks_record_the_commit_they_measure():
     changed = subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", "HEAD"]).returncode != 0
     assert commit.endswith("+changes") == changed
     assert _bench.machine_info(torch.device("cpu"))["commit"] == commit
+
+
+def test_moe_ffn_runs_every_default_variant_on_the_same_routing(tmp_path):
+    """moe_ffn.py on a tiny grid: every default variant timed; the peer strategies compute
+    our MoE's function (gshard where it kept the frame), so the ratios compare like with like."""
+    import moe_ffn
+    import torch
+
+    out = tmp_path / "moe_ffn.json"
+    moe_ffn.main(["--experts", "4", "--frames", "512", "--dims", "32x64", "--warmup", "0", "--repeats", "1",
+                  "--threads", str(torch.get_num_threads()), "--out", str(out)])
+    (case,) = json.loads(out.read_text())["cases"]
+    assert set(case["variants"]) == set(moe_ffn.DEFAULT_VARIANTS)
+    for v, r in case["variants"].items():
+        assert r["median_s"] > 0 and r["peak_bytes"] > 0, v
+    for v in ("loop", "gshard"):
+        assert case["variants"][v]["max_abs_diff_vs_moe"] < 1e-5, v
+
+
+def test_expert_matmuls_are_the_expert_matmuls_of_the_routing():
+    """The ``matmuls`` lower bound computes (x_e @ w1[e]) @ w2[e] on consecutive slices of the
+    routing's sizes, with the same result and gradients on the per-slice and grouped_mm paths."""
+    import moe_ffn
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    d, h, num_experts, frames = 16, 32, 4, 64
+    ref = moe_ffn.build("moe", d, h, num_experts, nn.SiLU, None)
+    x = torch.randn(1, frames, d)
+    sizes = moe_ffn.routing_sizes(ref, x)
+    assert sizes.sum().item() == frames and (sizes > 0).sum().item() > 1
+    matmuls = moe_ffn.build("matmuls", d, h, num_experts, nn.SiLU, ref, x)
+    want = torch.cat([x_e @ ref.experts.w1[e] @ ref.experts.w2[e]
+                      for e, x_e in enumerate(x[0].split(sizes.tolist()))]).detach()
+    results = []
+    for impl in ("loop", "grouped_mm"):  # ExpertMatmuls follows ref's path decision
+        ref.experts.impl = impl
+        matmuls.zero_grad()
+        xi = x.clone().requires_grad_()
+        y = matmuls(xi)
+        y.backward(torch.ones_like(y))
+        torch.testing.assert_close(y[0], want)
+        results.append((xi.grad, matmuls.w1.grad.clone(), matmuls.w2.grad.clone()))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="63 frames, routing sizes sum to 64"):
+        matmuls(x[:, :63])
