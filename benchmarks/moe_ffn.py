@@ -140,6 +140,8 @@ class ExpertMatmuls(nn.Module):
         self.w1 = nn.Parameter(ref.experts.w1.detach().clone())
         self.w2 = nn.Parameter(ref.experts.w2.detach().clone())
         self.sizes = [int(n) for n in sizes]
+        # grouped_mm's offsets, made once (moved with the module): no copy to the device per step
+        self.register_buffer("offs", torch.tensor(self.sizes).cumsum(0).to(torch.int32), persistent=False)
 
     def forward(self, x):
         """``[..., d]`` -> ``[..., d]`` (frames taken as already sorted by expert)."""
@@ -149,8 +151,7 @@ class ExpertMatmuls(nn.Module):
         dtype = compute_dtype(flat)
         flat, w1, w2 = flat.to(dtype), self.w1.to(dtype), self.w2.to(dtype)
         if self.use_grouped_mm(flat):
-            offs = torch.tensor(self.sizes, device=flat.device).cumsum(0).to(torch.int32)
-            y = torch._grouped_mm(torch._grouped_mm(flat, w1, offs=offs), w2, offs=offs)
+            y = torch._grouped_mm(torch._grouped_mm(flat, w1, offs=self.offs), w2, offs=self.offs)
         else:
             # split/unbind/cat: their backwards are one cat/stack, not E zero-filled copies
             slices = zip(flat.split(self.sizes), w1.unbind(0), w2.unbind(0))
