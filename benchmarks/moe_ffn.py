@@ -126,17 +126,19 @@ class ExpertMatmuls(nn.Module):
     gradients.  No router, sort, gather, bias, activation, gate or scatter: every top-1
     MoE FFN with these weights and this routing computes at least these six matmuls per
     expert in the same dtype, so its step cannot be faster than this one (up to matmul
-    blocking).  On the path where ours uses ``torch._grouped_mm`` this does too (two
-    grouped matmuls forward, four backward), elsewhere one matmul per slice.
+    blocking).  The weights are stacked ``[E, ...]`` Parameters, as ours.
 
     Args:
         ref: an ``MoEFeedForward``; its expert weights are copied.
         sizes: ``[E]`` frames per expert (sum = frames of the input).
+        grouped: True where ours uses ``torch._grouped_mm`` (CUDA bf16): two grouped matmuls
+            forward and four backward.  False: one matmul per slice, each product written
+            straight into its slice of the output or gradient (:class:`_SliceMatmuls`).
     """
 
-    def __init__(self, ref, sizes):
+    def __init__(self, ref, sizes, grouped=False):
         super().__init__()
-        self.use_grouped_mm = ref.experts.use_grouped_mm  # ours' path decision
+        self.grouped = grouped
         self.w1 = nn.Parameter(ref.experts.w1.detach().clone())
         self.w2 = nn.Parameter(ref.experts.w2.detach().clone())
         self.sizes = [int(n) for n in sizes]
@@ -150,13 +152,39 @@ class ExpertMatmuls(nn.Module):
             raise ValueError(f"ExpertMatmuls: {flat.shape[0]} frames, routing sizes sum to {sum(self.sizes)}")
         dtype = compute_dtype(flat)
         flat, w1, w2 = flat.to(dtype), self.w1.to(dtype), self.w2.to(dtype)
-        if self.use_grouped_mm(flat):
+        if self.grouped:
             y = torch._grouped_mm(torch._grouped_mm(flat, w1, offs=self.offs), w2, offs=self.offs)
         else:
-            # split/unbind/cat: their backwards are one cat/stack, not E zero-filled copies
-            slices = zip(flat.split(self.sizes), w1.unbind(0), w2.unbind(0))
-            y = torch.cat([x_e @ w1_e @ w2_e for x_e, w1_e, w2_e in slices])
+            y = _SliceMatmuls.apply(flat, w1, w2, self.sizes)
         return y.view(x.shape)
+
+
+class _SliceMatmuls(torch.autograd.Function):
+    """``y_e = (x_e @ w1[e]) @ w2[e]`` per slice, every product written in place into its
+    slice of ``y`` (forward) or of the gradients (backward): six matmuls per slice and no
+    copy (plain autograd would ``cat`` the outputs and ``stack`` the weight gradients)."""
+
+    @staticmethod
+    def forward(ctx, x, w1, w2, sizes):
+        y = x.new_empty(x.shape[0], w2.shape[2])
+        hidden = [torch.mm(x_e, w1[e]) for e, x_e in enumerate(x.split(sizes))]
+        for e, (h_e, y_e) in enumerate(zip(hidden, y.split(sizes))):
+            torch.mm(h_e, w2[e], out=y_e)
+        ctx.save_for_backward(x, w1, w2, *hidden)
+        ctx.sizes = sizes
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, w1, w2, *hidden = ctx.saved_tensors
+        grad_x, grad_w1, grad_w2 = torch.empty_like(x), torch.empty_like(w1), torch.empty_like(w2)
+        slices = zip(x.split(ctx.sizes), grad_y.split(ctx.sizes), grad_x.split(ctx.sizes), hidden)
+        for e, (x_e, g_e, grad_x_e, h_e) in enumerate(slices):
+            torch.mm(h_e.t(), g_e, out=grad_w2[e])
+            grad_h = torch.mm(g_e, w2[e].t())
+            torch.mm(x_e.t(), grad_h, out=grad_w1[e])
+            torch.mm(grad_h, w1[e].t(), out=grad_x_e)
+        return grad_x, grad_w1, grad_w2, None
 
 
 def routing_sizes(moe, x):
@@ -182,7 +210,8 @@ def build(variant, d, h, num_experts, act, ref, x=None):
         return layer
     ex = ref.experts
     if variant == "matmuls":
-        return ExpertMatmuls(ref, routing_sizes(ref, x).tolist())
+        dtype = torch.bfloat16 if x.is_cuda else x.dtype  # what main computes in (CUDA: bf16 autocast)
+        return ExpertMatmuls(ref, routing_sizes(ref, x).tolist(), grouped=ex.use_grouped_mm(x, dtype))
     if variant == "loop":
         m = LoopMoE(d, h, num_experts, act)
         with torch.no_grad():

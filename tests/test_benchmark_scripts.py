@@ -566,19 +566,19 @@ def test_expert_matmuls_are_the_expert_matmuls_of_the_routing():
     x = torch.randn(1, frames, d)
     sizes = moe_ffn.routing_sizes(ref, x)
     assert sizes.sum().item() == frames and (sizes > 0).sum().item() > 1
-    matmuls = moe_ffn.build("matmuls", d, h, num_experts, nn.SiLU, ref, x)
     want = torch.cat([x_e @ ref.experts.w1[e] @ ref.experts.w2[e]
                       for e, x_e in enumerate(x[0].split(sizes.tolist()))]).detach()
-    results = []
-    for impl in ("loop", "grouped_mm"):  # ExpertMatmuls follows ref's path decision
+    grads = []
+    for impl in ("loop", "grouped_mm"):  # build() follows ours' path decision
         ref.experts.impl = impl
-        matmuls.zero_grad()
+        matmuls = moe_ffn.build("matmuls", d, h, num_experts, nn.SiLU, ref, x)
+        assert matmuls.grouped == (impl == "grouped_mm")
         xi = x.clone().requires_grad_()
         y = matmuls(xi)
-        y.backward(torch.ones_like(y))
+        y.backward(torch.arange(y.numel(), dtype=y.dtype).view(y.shape) / y.numel())
         torch.testing.assert_close(y[0], want)
-        results.append((xi.grad, matmuls.w1.grad.clone(), matmuls.w2.grad.clone()))
-    for a, b in zip(*results):
+        grads.append((xi.grad, matmuls.w1.grad, matmuls.w2.grad))
+    for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="63 frames, routing sizes sum to 64"):
         matmuls(x[:, :63])
