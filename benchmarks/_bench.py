@@ -30,14 +30,19 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 
+# git pathspecs of tracked files that git_commit() does not count as changes
+NOT_CODE = (":(exclude)benchmarks/results", ":(exclude,glob)**/*.md")
+
+
 def git_commit() -> Optional[str]:
     """Short hash of the checked-out commit (None outside a git checkout), with "+changes"
-    when tracked files differ from it."""
+    when tracked files other than results and Markdown (:data:`NOT_CODE`) differ from it:
+    a run that writes its JSON, or an edit of a README, does not change what is measured."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         git = ["git", "-C", root]
         commit = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        changed = subprocess.run(git + ["diff", "--quiet", "HEAD"], capture_output=True).returncode != 0
+        changed = subprocess.run(git + ["diff", "--quiet", "HEAD", "--", ".", *NOT_CODE], capture_output=True).returncode != 0
     except (OSError, subprocess.CalledProcessError):
         return None
     return commit.stdout.strip() + ("+changes" if changed else "")

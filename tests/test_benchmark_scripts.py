@@ -531,7 +531,7 @@ def test_benchmarks_record_the_commit_they_measure():
         return
     commit = _bench.git_commit()
     assert commit.split("+")[0] == head.stdout.strip()
-    changed = subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", "HEAD"]).returncode != 0
+    changed = subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--", ".", *_bench.NOT_CODE]).returncode != 0
     assert commit.endswith("+changes") == changed
     assert _bench.machine_info(torch.device("cpu"))["commit"] == commit
 
