@@ -212,6 +212,21 @@ def median(xs: List[float]) -> float:
     return statistics.median(xs)
 
 
+def page_faults(step: Callable[[], None], rounds: int = 3) -> float:
+    """Minor page faults of this process per call of ``step()`` (Linux/Unix ``ru_minflt``),
+    median of ``rounds`` calls.  Each is a fresh 4 KiB page that the kernel maps and zeroes,
+    e.g. for a large tensor that the C allocator took from ``mmap`` instead of reusing
+    memory freed by the previous step (glibc does so above 32 MiB)."""
+    import resource
+
+    counts = []
+    for _ in range(rounds):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        step()
+        counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return statistics.median(counts)
+
+
 def peak_memory(step: Callable[[], None], device: torch.device) -> int:
     """Bytes of extra tensor memory at the peak of ``step()`` (see the module docstring).
 

@@ -282,6 +282,10 @@ def main(argv=None):
         help="drop a variant from a case when its first (warm-up) step takes longer (0: no limit)",
     )
     parser.add_argument(
+        "--page-faults", action="store_true",
+        help="also record minor page faults per step of each variant (ru_minflt, median of 3 steps)",
+    )
+    parser.add_argument(
         "--compile", nargs="?", const="default", default=None, metavar="MODE",
         help="time torch.compile'd dense and MoE modules (loop and gshard stay eager), with this "
         "compile mode (default, reduce-overhead = CUDA graphs, max-autotune); compiling happens "
@@ -398,6 +402,9 @@ def main(argv=None):
             if not args.no_memory:
                 for v, step in steps.items():
                     case["variants"][v]["peak_bytes"] = _bench.peak_memory(step, device)
+            if args.page_faults:
+                for v, step in steps.items():
+                    case["variants"][v]["minor_faults"] = _bench.page_faults(step)
             for v, reason in skipped.items():
                 case["variants"][v] = {"skipped": reason}
             print_case(case, variants, memory=not args.no_memory)
@@ -441,7 +448,11 @@ def main(argv=None):
 def print_case(case, variants, memory):
     parts = [f"d={case['d']} h={case['h']} S={case['frames']} E={case['experts']}:"]
     for v in variants:
-        parts.append(f"{v} {cell_time(case, v)}" + (f" / {cell_mem(case, v)}" if memory else ""))
+        faults = case["variants"].get(v, {}).get("minor_faults")
+        parts.append(
+            f"{v} {cell_time(case, v)}" + (f" / {cell_mem(case, v)}" if memory else "")
+            + (f" / {faults:.0f} page faults" if faults is not None else "")
+        )
     print("  ".join(parts), flush=True)
 
 

@@ -544,11 +544,11 @@ def test_moe_ffn_runs_every_default_variant_on_the_same_routing(tmp_path):
 
     out = tmp_path / "moe_ffn.json"
     moe_ffn.main(["--experts", "4", "--frames", "512", "--dims", "32x64", "--warmup", "0", "--repeats", "1",
-                  "--threads", str(torch.get_num_threads()), "--out", str(out)])
+                  "--threads", str(torch.get_num_threads()), "--page-faults", "--out", str(out)])
     (case,) = json.loads(out.read_text())["cases"]
     assert set(case["variants"]) == set(moe_ffn.DEFAULT_VARIANTS)
     for v, r in case["variants"].items():
-        assert r["median_s"] > 0 and r["peak_bytes"] > 0, v
+        assert r["median_s"] > 0 and r["peak_bytes"] > 0 and r["minor_faults"] >= 0, v
     for v in ("loop", "gshard"):
         assert case["variants"][v]["max_abs_diff_vs_moe"] < 1e-5, v
 
@@ -582,3 +582,16 @@ def test_expert_matmuls_are_the_expert_matmuls_of_the_routing():
         torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="63 frames, routing sizes sum to 64"):
         matmuls(x[:, :63])
+
+
+def test_page_faults_counts_fresh_pages():
+    """A step that writes a fresh 64 MiB tensor (above glibc's mmap threshold) faults in
+    about one page per 4 KiB; a step that touches no new memory hardly at all."""
+    import _bench
+    import torch
+
+    fresh = _bench.page_faults(lambda: torch.ones(16 * 2**20))  # 64 MiB of float32
+    assert 0.9 * 2**14 <= fresh, fresh
+    kept = torch.zeros(16 * 2**20)
+    reused = _bench.page_faults(lambda: kept.fill_(1.0))
+    assert reused < 0.05 * 2**14, reused
