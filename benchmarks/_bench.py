@@ -34,6 +34,10 @@ import torch
 NOT_CODE = (":(exclude)benchmarks/results", ":(exclude,glob)**/*.md")
 
 
+# environment variables recorded with the machine: allocator and threading settings
+TUNING_ENV = ("MALLOC_", "OMP_", "MKL_", "KMP_", "THP_MEM_ALLOC", "LD_PRELOAD", "PYTORCH_CUDA_ALLOC")
+
+
 def git_commit() -> Optional[str]:
     """Short hash of the checked-out commit (None outside a git checkout), with "+changes"
     when tracked files other than results and Markdown (:data:`NOT_CODE`) differ from it:
@@ -67,6 +71,8 @@ def machine_info(device: torch.device) -> Dict[str, object]:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else model,
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
         "commit": git_commit(),
+        # allocator and threading settings that change the timings
+        "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(TUNING_ENV)},
     }
     try:
         info["loadavg_at_start"] = list(os.getloadavg())

@@ -536,6 +536,16 @@ def test_benchmarks_record_the_commit_they_measure():
     assert _bench.machine_info(torch.device("cpu"))["commit"] == commit
 
 
+def test_benchmarks_record_allocator_settings(monkeypatch):
+    import _bench
+    import torch
+
+    monkeypatch.setenv("MALLOC_MMAP_MAX_", "0")
+    monkeypatch.setenv("UNRELATED_SETTING", "1")
+    env = _bench.machine_info(torch.device("cpu"))["env"]
+    assert env["MALLOC_MMAP_MAX_"] == "0" and "UNRELATED_SETTING" not in env
+
+
 def test_moe_ffn_runs_every_default_variant_on_the_same_routing(tmp_path):
     """moe_ffn.py on a tiny grid: every default variant timed; the peer strategies compute
     our MoE's function (gshard where it kept the frame), so the ratios compare like with like."""
