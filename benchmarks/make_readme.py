@@ -76,6 +76,8 @@ def machine_line(run):
     ]
     if load:
         parts.append(f"load average at start {load[0]:.1f}")
+    if m.get("env"):
+        parts.append("environment " + " ".join(f"`{k}={v}`" for k, v in m["env"].items()))
     for update in c.get("updates", []):
         parts.append(
             f"{len(update['cases'])} case(s) measured again {update['time']}"
