@@ -42,6 +42,9 @@ def table(cases, variants, memory=True):
         head.append("loop/moe")
     if memory:
         head += ["dense mem"] + [f"{v} mem" for v in others]
+    faults = any("minor_faults" in r for case in cases for r in case["variants"].values())
+    if faults:
+        head += [f"{v} faults" for v in variants]
     head.append("CPU stall")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for case in cases:
@@ -52,6 +55,9 @@ def table(cases, variants, memory=True):
             row.append(f"{loop['median_s'] / moe['median_s']:.2f}x" if "median_s" in loop and "median_s" in moe else "-")
         if memory:
             row += [cell_mem(case, "dense")] + [cell_mem(case, v) for v in others]
+        if faults:
+            row += [f"{case['variants'].get(v, {}).get('minor_faults', '-'):.0f}"
+                    if "minor_faults" in case["variants"].get(v, {}) else "-" for v in variants]
         row.append(stall(case.get("machine_load")))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)

@@ -22,6 +22,8 @@ MOE_RUNS = [
     ("moe_ffn.json", "CPU"),
     ("moe_ffn_1thread.json", "CPU, 1 thread"),
     ("moe_ffn_impls.json", "CPU, our two expert implementations (`moe`: fused loop, the CPU default; `moe_gmm`: torch._grouped_mm)"),
+    ("moe_ffn_page_faults.json", "CPU, page faults per step (glibc malloc as installed)"),
+    ("moe_ffn_page_faults_no_mmap.json", "CPU, page faults per step, glibc's mmap off (`MALLOC_MMAP_MAX_=0`)"),
     ("moe_ffn_cuda_full.json", "CUDA, full grid, eager"),
     ("moe_ffn_cuda.json", "CUDA, gpu_check.sh's reduced grid, eager"),
     ("moe_ffn_cuda_large.json", "CUDA, 128k and 256k frames (GPU-bound), eager"),
@@ -333,7 +335,9 @@ def generate(results_dir):
             "Times: dense in ms, the others as a ratio to dense (lower is faster); `loop/moe`: how "
             "many times faster ours is than the loop. Memory: dense peak extra tensor memory of one "
             "step, the others as a ratio. `CPU stall`: share of the timing during which some task "
-            "waited for a CPU (other jobs on the machine; see above).\n"
+            "waited for a CPU (other jobs on the machine; see above)."
+            + (" `faults`: minor page faults per step (fresh 4 KiB pages)." if run["config"].get("page_faults") else "")
+            + "\n"
         )
         out.append(table(run["cases"], run["config"]["variants"], memory=not run["config"].get("no_memory")))
     for name, title in ENCODER_RUNS:
