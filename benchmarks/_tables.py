@@ -34,6 +34,11 @@ def cell_mem(case, v):
     return f"{r['peak_bytes'] / case['variants']['dense']['peak_bytes']:.2f}x"
 
 
+def cell_faults(case, v):
+    faults = case["variants"].get(v, {}).get("minor_faults")
+    return "-" if faults is None else f"{faults:.0f}"
+
+
 def table(cases, variants, memory=True):
     """Markdown table: dense absolute, others as ratio to dense; loop/moe speed-up."""
     others = [v for v in variants if v != "dense"]
@@ -56,8 +61,7 @@ def table(cases, variants, memory=True):
         if memory:
             row += [cell_mem(case, "dense")] + [cell_mem(case, v) for v in others]
         if faults:
-            row += [f"{case['variants'].get(v, {}).get('minor_faults', '-'):.0f}"
-                    if "minor_faults" in case["variants"].get(v, {}) else "-" for v in variants]
+            row += [cell_faults(case, v) for v in variants]
         row.append(stall(case.get("machine_load")))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)

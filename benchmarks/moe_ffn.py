@@ -47,7 +47,7 @@ from espnet_omnirouter.moe.experts import compute_dtype  # noqa: E402
 ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "espnet_swish": Swish}
 ALL_VARIANTS = ("dense", "moe", "loop", "gshard", "matmuls", "moe_gmm")
 DEFAULT_VARIANTS = ("dense", "moe", "loop", "gshard", "matmuls")
-NOT_AN_FFN = ("dense", "moe", "matmuls")  # variants not compared with moe's output
+NOT_COMPARED = ("dense", "moe", "matmuls")  # variants whose output is not checked against moe's
 COMPILED_VARIANTS = ("dense", "moe", "moe_gmm")  # with --compile
 
 
@@ -287,7 +287,7 @@ def main(argv=None):
     )
     parser.add_argument(
         "--compile", nargs="?", const="default", default=None, metavar="MODE",
-        help="time torch.compile'd dense and MoE modules (loop and gshard stay eager), with this "
+        help="time torch.compile'd dense and MoE modules (loop, gshard and matmuls stay eager), with this "
         "compile mode (default, reduce-overhead = CUDA graphs, max-autotune); compiling happens "
         "in the warm-up rounds",
     )
@@ -381,7 +381,7 @@ def main(argv=None):
                 counts = torch.bincount(ref.last.routing.expert[:, 0], minlength=num_experts)
                 case["max_load_frac"] = counts.max().item() / frames
                 for v, m in modules.items():
-                    if v in NOT_AN_FFN:
+                    if v in NOT_COMPARED:
                         continue
                     y = m(x).float()
                     kept = y.abs().sum(-1) > 0 if v == "gshard" else torch.ones_like(y[..., 0], dtype=torch.bool)
