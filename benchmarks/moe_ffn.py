@@ -34,7 +34,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _bench  # noqa: E402
-from _tables import cell_mem, cell_time, table  # noqa: E402
+from _tables import cell_faults, cell_mem, cell_time, table  # noqa: E402
 
 from espnet.nets.pytorch_backend.conformer.swish import Swish  # noqa: E402
 from espnet.nets.pytorch_backend.transformer.positionwise_feed_forward import (  # noqa: E402
@@ -448,10 +448,10 @@ def main(argv=None):
 def print_case(case, variants, memory):
     parts = [f"d={case['d']} h={case['h']} S={case['frames']} E={case['experts']}:"]
     for v in variants:
-        faults = case["variants"].get(v, {}).get("minor_faults")
+        faults = "minor_faults" in case["variants"].get(v, {})
         parts.append(
             f"{v} {cell_time(case, v)}" + (f" / {cell_mem(case, v)}" if memory else "")
-            + (f" / {faults:.0f} page faults" if faults is not None else "")
+            + (f" / {cell_faults(case, v)} page faults" if faults else "")
         )
     print("  ".join(parts), flush=True)
 
