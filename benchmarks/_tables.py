@@ -96,3 +96,24 @@ def op_count_table(results):
                 f"| {group} | {key} | {r['kernels']} | {r['kernels'] / base:.2f}x | {r['syncs']}: {syncs} |"
             )
     return "\n".join(lines)
+
+
+def infer_table(cases):
+    """Markdown table of ``encoder_infer.py``'s cases: dense forward / greedy-CTC times in
+    ms, every other variant as ratios to dense, and the padded path's waste."""
+    variants = list(cases[0]["variants"])
+    moe = [v for v in variants if v != "dense"]
+    head = ["batch x s", "enc. frames", "dense forward", "dense greedy"]
+    head += [f"{v} forward / greedy" for v in moe] + ["pad waste (" + ", ".join(moe) + ")", "CPU stall"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for case in cases:
+        dense = case["variants"]["dense"]
+        row = [f"{case['batch']} x {case['seconds']:g}", str(case.get("encoder_frames", "-"))]
+        row += [f"{dense[s]['median_s'] * 1e3:.1f} ms" for s in ("forward", "greedy")]
+        for v in moe:
+            r = case["variants"][v]
+            row.append(" / ".join(f"{r[s]['median_s'] / dense[s]['median_s']:.2f}x" for s in ("forward", "greedy")))
+        row.append(", ".join(f"{case['variants'][v]['pad_waste']:.2f}" for v in moe))
+        row.append(stall(case.get("machine_load")))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)

@@ -563,6 +563,36 @@ def test_moe_ffn_runs_every_default_variant_on_the_same_routing(tmp_path):
         assert case["variants"][v]["max_abs_diff_vs_moe"] < 1e-5, v
 
 
+def test_encoder_infer_times_every_encoder_and_impl(tmp_path):
+    """encoder_infer.py on the tiny configs: forward and greedy CTC timed for dense, the
+    MoE encoders and their forced-loop twins, which compute the same function."""
+    import encoder_infer
+
+    out = tmp_path / "encoder_infer.json"
+    tiny = [f"--{k}-config={v}" for k, v in TINY.items()]
+    encoder_infer.main(tiny + ["--cases", "1x0.5", "2x0.3", "--warmup", "0", "--repeats", "1", "--out", str(out)])
+    run = json.loads(out.read_text())
+    assert [(c["batch"], c["seconds"]) for c in run["cases"]] == [(1, 0.5), (2, 0.3)]
+    for case in run["cases"]:
+        assert set(case["variants"]) == {"dense", "switch", "omni", "switch_loop", "omni_loop"}
+        for v, r in case["variants"].items():
+            assert r["forward"]["median_s"] > 0 and r["greedy"]["median_s"] > 0, v
+            if v != "dense":
+                assert 1.0 <= r["pad_waste"] <= 4, v  # tiny configs: 4 experts
+        for v in ("switch_loop", "omni_loop"):
+            assert case["variants"][v]["max_abs_diff_vs_auto"] < 1e-4, v
+    assert encoder_infer.greedy_ctc(torch_log_probs([[0, 2, 2, 0, 3, 3, 1]]), lengths=[6]) == [[2, 3]]
+    with pytest.raises(SystemExit):
+        encoder_infer.main(["--cases", "1by5"])
+
+
+def torch_log_probs(best, vocab=4):
+    """Log-probabilities whose argmax is ``best`` (``[B][T]`` token ids)."""
+    import torch
+
+    return torch.nn.functional.one_hot(torch.tensor(best), vocab).float().log()
+
+
 def test_expert_matmuls_are_the_expert_matmuls_of_the_routing():
     """The ``matmuls`` lower bound computes (x_e @ w1[e]) @ w2[e] on consecutive slices of the
     routing's sizes, with the same result and gradients on the per-slice and grouped_mm paths."""

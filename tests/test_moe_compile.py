@@ -110,6 +110,76 @@ def test_sorted_expert_forward_agrees():
     assert torch.all(outs[0][1][3][1] == 0)  # idle expert 1: zero (not missing) bias gradient
 
 
+@pytest.mark.parametrize("num_experts", [1, 3, 8])
+@pytest.mark.parametrize("top_k", [1, 2])
+@pytest.mark.parametrize("padded", [True, False])
+def test_padded_inference_path_matches_training_path(num_experts, top_k, padded):
+    """CPU inference ("auto" -> padded) gives the training path's eval output; the
+    routing is skewed so that slices differ in size (padding rows in the batched GEMM)."""
+    top_k = min(top_k, num_experts)
+    torch.manual_seed(0)
+    router = Router(D, num_experts, top_k=top_k)
+    torch.nn.init.normal_(router.weight, std=1.0)
+    layer = MoEFeedForward(router, Experts(num_experts, D, H, torch.nn.SiLU(), 0.1)).eval()
+    x = torch.randn(3, 17, D, requires_grad=True)
+    mask = None
+    if padded:
+        mask = torch.ones(3, 17, dtype=torch.bool)
+        mask[1, 11:] = False
+        mask[2, 3:] = False
+    y_train = layer(x, mask)  # autograd records: the training path (per-slice loop)
+    assert layer.experts.path(x, 51, grad=True) == "loop"
+    counts = torch.bincount(layer.last.routing.expert.reshape(-1), minlength=num_experts)
+    assert num_experts == 1 or counts.max() > counts.min()
+    with torch.inference_mode():
+        assert layer.experts.path(x, 51, grad=False) == "padded"
+        y_infer = layer(x, mask)
+    torch.testing.assert_close(y_infer, y_train.detach(), atol=1e-6, rtol=1e-5)
+    if padded:
+        assert torch.all(y_infer[2, 3:] == 0)
+
+
+def test_padded_path_with_idle_experts_and_no_frames():
+    experts = make_layer(1).experts
+    x = torch.randn(20, D)
+    counts = torch.tensor([6, 0, 9, 5])
+    expert = torch.repeat_interleave(torch.arange(E), counts)
+    outs = {}
+    with torch.no_grad():
+        for impl in ("loop", "padded"):
+            experts.impl = impl
+            outs[impl] = experts(x, counts.cumsum(0), expert)
+        torch.testing.assert_close(outs["padded"], outs["loop"], atol=1e-6, rtol=1e-5)
+        # No assignment at all (every frame padded): zeros, not an error.
+        empty = torch.zeros(0, dtype=torch.long)
+        y = experts.combine(x, empty, torch.zeros(E, dtype=torch.int32), empty, torch.zeros(0), True)
+    assert y.shape == x.shape and torch.all(y == 0)
+
+
+def test_automatic_expert_path_choice():
+    """"auto": padded for CPU inference (eval, no autograd) up to PADDED_MAX_ROWS
+    assignments, the loop in training mode, when autograd records or above it; forcing "padded" under autograd is an error."""
+    from espnet_omnirouter.moe.experts import PADDED_MAX_ROWS
+
+    experts = make_layer(1).experts.eval()
+    x = torch.randn(8, D)
+    assert experts.path(x, PADDED_MAX_ROWS, grad=False) == "padded"
+    assert experts.train().path(x, 8, grad=False) == "loop"  # dropout masks as the loop's
+    experts.eval()
+    assert experts.path(x, PADDED_MAX_ROWS + 1, grad=False) == "loop"
+    assert experts.path(x, 8, grad=True) == "loop"
+    experts.impl = "loop"
+    assert experts.path(x, 8, grad=False) == "loop"
+    experts.impl = "grouped_mm"
+    assert experts.path(x, 8, grad=False) == "grouped_mm"
+    experts.impl = "padded"
+    with pytest.raises(ValueError, match="inference only"):
+        experts.path(x, 8, grad=True)
+    experts.impl = "fast"
+    with pytest.raises(ValueError, match="Experts.impl must be one of"):
+        experts.path(x, 8, grad=False)
+
+
 class _PlainLoopExperts(Experts):
     """The loop path as separate autograd ops (what _ExpertLoop fuses), for reference."""
 

@@ -3,7 +3,7 @@
 Every expert is a slice of one stacked Parameter, so DDP never sees an unused parameter
 even when an expert receives no frames in a step.
 
-Two implementations of the same function (``Experts.impl`` picks one; "auto" by default):
+Three implementations of the same function (``Experts.impl`` picks one; "auto" by default):
 
 * ``grouped_mm``: one ``torch._grouped_mm`` per matmul over all experts, with the
   expert offsets as a device tensor: no host sync, nothing data-dependent in shapes, so it
@@ -14,8 +14,16 @@ Two implementations of the same function (``Experts.impl`` picks one; "auto" by 
   function (:class:`_ExpertLoop`) that also does the gather of the expert inputs, the gate
   multiply and the scatter of the outputs, expert by expert, while the slice is in cache.
   It needs the slice sizes on the host (one ``ends.tolist()``: free on CPU, one device
-  sync on CUDA).  "auto" uses it for eager CPU, where it is faster than CPU
-  ``_grouped_mm``, and as the portable fallback for every other device/dtype.
+  sync on CUDA).  "auto" uses it for eager CPU training and large CPU inference batches,
+  where it is faster than CPU ``_grouped_mm``, and as the portable fallback for every
+  other device/dtype.
+* ``padded``: inference only (no autograd, eval mode for "auto").  The slices are laid out in an ``[E, C, d]``
+  buffer padded to the largest slice ``C`` and run through two ``baddbmm``: a constant
+  number of operators whatever ``E``.  At decoding sizes (one utterance: a few hundred
+  frames, a few dozen per expert) the per-slice loop is dominated by per-operator cost
+  and by small-matrix GEMM inefficiency; one batched GEMM over the padded slices is
+  faster even though it computes the padding rows too.  "auto" uses it for eager CPU
+  inference up to :data:`PADDED_MAX_ROWS` assignments (``benchmarks/encoder_infer.py``).
 """
 import math
 from typing import Optional
@@ -24,7 +32,12 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-IMPLS = ("auto", "grouped_mm", "loop")
+IMPLS = ("auto", "grouped_mm", "loop", "padded")
+
+# "auto" takes the padded path for CPU inference of at most this many (frame, expert)
+# assignments per MoE FFN, and the per-slice loop above it (benchmarks/encoder_infer.py:
+# batch 1 at 2-20 s is 50-500 frames after 4x subsampling; batch 8 x 10 s is 2,000).
+PADDED_MAX_ROWS = 1024
 
 
 def grouped_mm_supported(x: torch.Tensor, hidden: int, dtype: Optional[torch.dtype] = None) -> bool:
@@ -96,21 +109,42 @@ class Experts(nn.Module):
             nn.init.uniform_(weight, -bound, bound)
             nn.init.uniform_(bias, -bound, bound)
 
-    def use_grouped_mm(self, x: torch.Tensor, dtype: Optional[torch.dtype] = None) -> bool:
-        """Whether the ``grouped_mm`` path runs for ``x`` computed in ``dtype`` (default:
-        its own)."""
+    def path(self, x: torch.Tensor, assignments: int, dtype: Optional[torch.dtype] = None, grad: bool = True) -> str:
+        """Which implementation runs ``assignments`` rows of ``x`` computed in ``dtype``
+        (default: its own): "grouped_mm", "loop" or "padded" (see the module docstring).
+
+        ``grad``: whether autograd records the call.  "auto" takes the padded path only for
+        inference: no autograd and eval mode (in training mode its dropout would draw its
+        masks over the padded layout, in another order than the loop's).
+        """
         dtype = x.dtype if dtype is None else dtype
         if self.impl not in IMPLS:
             raise ValueError(f"Experts.impl must be one of {IMPLS}, got {self.impl!r}")
-        if self.impl == "loop" or not grouped_mm_supported(x, self.w1.shape[2], dtype):
-            if self.impl == "grouped_mm":
-                raise ValueError(f"torch._grouped_mm cannot run {dtype} on {x.device}")
-            return False
+        if self.impl in ("loop", "padded"):
+            if self.impl == "padded" and grad:
+                raise ValueError("Experts.impl 'padded' is inference only, but autograd is recording")
+            return self.impl
+        supported = grouped_mm_supported(x, self.w1.shape[2], dtype)
+        if self.impl == "grouped_mm" and not supported:
+            raise ValueError(f"torch._grouped_mm cannot run {dtype} on {x.device}")
         if torch.compiler.is_compiling():
             # The compiler's shape function for _grouped_mm accepts bfloat16 only; other
-            # dtypes run the loop eagerly (it is excluded from tracing, see _loop).
-            return dtype == torch.bfloat16
-        return self.impl == "grouped_mm" or x.is_cuda
+            # dtypes run the loop eagerly (it is excluded from tracing, see _by_slices).
+            return "grouped_mm" if supported and dtype == torch.bfloat16 else "loop"
+        if self.impl == "grouped_mm" or (supported and x.is_cuda):
+            return "grouped_mm"
+        if not grad and not self.training and x.device.type == "cpu" and assignments <= PADDED_MAX_ROWS:
+            return "padded"
+        return "loop"
+
+    def use_grouped_mm(self, x: torch.Tensor, dtype: Optional[torch.dtype] = None) -> bool:
+        """Whether the ``grouped_mm`` path runs for ``x`` computed in ``dtype`` (default:
+        its own)."""
+        return self.path(x, x.shape[0], dtype) == "grouped_mm"
+
+    def _records_grad(self, *inputs: torch.Tensor) -> bool:
+        """Whether autograd records a call on ``inputs`` and the parameters."""
+        return torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, *self.parameters()))
 
     def forward(self, x: torch.Tensor, ends: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
         """Run each expert on its contiguous slice of frames.
@@ -125,11 +159,12 @@ class Experts(nn.Module):
             ``[M, d]`` expert outputs, in the order of ``x``.
         """
         x = x.to(compute_dtype(x))
-        if self.use_grouped_mm(x):
+        path = self.path(x, x.shape[0], grad=self._records_grad(x))
+        if path == "grouped_mm":
             return self._grouped_mm(x, ends, expert)
         rows = torch.arange(x.shape[0], device=x.device)
         ones = x.new_ones(x.shape[0], dtype=torch.float32)
-        return self._loop(x, rows, ends, ones, True, x.shape[0])
+        return self._by_slices(path, x, rows, ends, expert, ones, True)
 
     def combine(
         self,
@@ -156,11 +191,12 @@ class Experts(nn.Module):
             ``[R, d]`` in the compute dtype; rows not in ``rows`` are 0.
         """
         dtype = compute_dtype(flat)
-        if self.use_grouped_mm(flat, dtype):
+        path = self.path(flat, rows.shape[0], dtype, grad=self._records_grad(flat, gate))
+        if path == "grouped_mm":
             x = _GatherUniqueRows.apply(flat, rows) if unique else flat.index_select(0, rows)
             y = self._grouped_mm(x.to(dtype), ends, expert)
             return _scatter_rows(y * gate.unsqueeze(1).to(y.dtype), rows, flat.shape[0], unique)
-        return self._loop(flat, rows, ends, gate, unique, flat.shape[0])
+        return self._by_slices(path, flat, rows, ends, expert, gate, unique)
 
     def _grouped_mm(self, x: torch.Tensor, ends: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
         # One kernel per matmul, no host sync: the offsets are the end row of each expert.
@@ -178,16 +214,38 @@ class Experts(nn.Module):
     # The slice sizes are data: keep the compiler out (it would recompile for each new set
     # of sizes); under torch.compile the grouped_mm path is used where it can run.
     @torch.compiler.disable
-    def _loop(self, flat, rows, ends, gate, unique, num_rows) -> torch.Tensor:
+    def _by_slices(self, path, flat, rows, ends, expert, gate, unique) -> torch.Tensor:
+        """The "loop" and "padded" paths (arguments as :meth:`combine`'s)."""
         bounds = [0] + ends.tolist()  # the one host sync (free on CPU)
         sizes = [b - a for a, b in zip(bounds, bounds[1:])]
         dtype = compute_dtype(flat)
         params = (self.w1, self.b1, self.w2, self.b2)
-        needs_grad = flat.requires_grad or gate.requires_grad or any(p.requires_grad for p in params)
-        if torch.is_grad_enabled() and needs_grad:
-            return _ExpertLoop.apply(flat, gate, *params, rows, sizes, self._hidden, unique, num_rows, dtype)
+        if path == "padded":
+            with torch.no_grad(), torch.autocast(flat.device.type, enabled=False):
+                return self._padded(flat, rows, expert, gate, bounds, unique, dtype)
+        if self._records_grad(flat, gate):
+            return _ExpertLoop.apply(flat, gate, *params, rows, sizes, self._hidden, unique, flat.shape[0], dtype)
         with torch.no_grad():
-            return _expert_loop_forward(flat, gate, *params, rows, sizes, self._hidden, unique, num_rows, dtype)[0]
+            return _expert_loop_forward(flat, gate, *params, rows, sizes, self._hidden, unique, flat.shape[0], dtype)[0]
+
+    def _padded(self, flat, rows, expert, gate, bounds, unique, dtype) -> torch.Tensor:
+        """The padded path: the ``M`` assignments laid out as ``[E, C, d]`` (``C``: the
+        largest slice), two ``baddbmm``, and back (no autograd)."""
+        num_experts, width = self.num_experts, max(b - a for a, b in zip(bounds, bounds[1:]))
+        out_shape = flat.new_empty(0, self.w2.shape[2], dtype=dtype)
+        if width == 0:
+            return _new_rows(flat.shape[0], out_shape, rows, False)
+        # Slot of assignment i in the padded layout: expert e's j-th row -> e * C + j.
+        shift = torch.tensor([e * width - b for e, b in enumerate(bounds[:-1])], device=flat.device)
+        slot = torch.arange(rows.shape[0], device=flat.device).add_(shift.index_select(0, expert))
+        # Row of ``flat`` read into each slot; padding slots read row 0 (never used).
+        source = rows.new_zeros(num_experts * width).index_copy_(0, slot, rows)
+        x = flat.index_select(0, source).to(dtype).view(num_experts, width, -1)
+        w1, b1, w2, b2 = (p.to(dtype) for p in (self.w1, self.b1, self.w2, self.b2))
+        hidden = self._hidden(torch.baddbmm(b1.unsqueeze(1), x, w1))
+        y = torch.baddbmm(b2.unsqueeze(1), hidden, w2).view(num_experts * width, -1)
+        y = y.index_select(0, slot).mul_(gate.to(dtype).unsqueeze(1))
+        return _put_rows(_new_rows(flat.shape[0], y, rows, unique), rows, y, unique)
 
     def _hidden(self, pre: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.activation(pre))

@@ -1,0 +1,156 @@
+"""Decoding-time encoder cost: dense vs Switch vs Omni-router Conformer, eval mode.
+
+The encoders come from the recipe configs (as in ``encoder_step.py``): d=144, 6 blocks,
+FFN 576, macaron; the MoE ones with 8 top-1 experts in every FFN.  Each case is one fixed
+batch of 80-dim features at 100 frames/s (``--cases``: ``BATCHxSECONDS``), run under
+``torch.inference_mode`` in eval mode, as ``espnet2.bin.asr_inference`` runs the encoder.
+Per encoder two steps are timed, all interleaved in one process (see ``_bench.py``):
+
+* ``forward``: the encoder forward;
+* ``greedy``: the forward plus greedy CTC decoding (a ``d -> vocab`` CTC head,
+  log-softmax, argmax, collapse repeats, drop blanks, per utterance): a decoder whose
+  cost is the encoder's.
+
+``--impls`` adds each MoE encoder again with its experts forced onto one implementation
+(``Experts.impl``, e.g. ``loop``: the per-slice loop that CPU inference used before the
+padded path), so that a before/after stands in the same run; its output is compared
+with the automatic choice's (``max_abs_diff_vs_auto``).  Each MoE encoder's
+``pad_waste`` is the padded path's ``E * max slice / frames``, averaged over its FFNs.
+
+    python benchmarks/encoder_infer.py --out benchmarks/results/encoder_infer.json
+"""
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _bench  # noqa: E402
+from _tables import infer_table  # noqa: E402
+from encoder_step import DEFAULT_CONFIGS, load_encoder  # noqa: E402
+
+
+def parse_case(text):
+    """``"8x10"`` -> (8, 10.0): batch size and seconds of audio per utterance."""
+    try:
+        batch, seconds = text.lower().split("x")
+        return int(batch), float(seconds)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--cases: expected BATCHxSECONDS such as 1x5, got {text!r}")
+
+
+def greedy_ctc(logp, lengths, blank=0):
+    """Token ids of each utterance of ``logp`` ``[B, T, V]`` (``lengths``: its ``B`` frame
+    counts): argmax, repeats collapsed, blanks removed."""
+    best = logp.argmax(-1)
+    return [[t for t in torch.unique_consecutive(b[:n]).tolist() if t != blank] for b, n in zip(best, lengths)]
+
+
+def pad_waste(encoder):
+    """Mean over the MoE FFNs of ``E * largest slice / frames`` in the last forward."""
+    ratios = []
+    for ffn in encoder.moe_ffns():
+        expert = ffn.last.routing.expert.reshape(-1)
+        counts = torch.bincount(expert, minlength=ffn.router.num_experts)
+        ratios.append(float(counts.max()) * counts.numel() / expert.numel())
+    return sum(ratios) / len(ratios)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for key, path in DEFAULT_CONFIGS.items():
+        parser.add_argument(f"--{key}-config", default=path)
+    parser.add_argument("--cases", type=parse_case, nargs="+", default=[parse_case(c) for c in ("1x2", "1x5", "1x10", "1x20", "8x10")])
+    parser.add_argument("--impls", default="loop", help="comma-separated Experts.impl values also timed ('' = none)")
+    parser.add_argument("--vocab", type=int, default=32, help="CTC output size (characters + blank)")
+    parser.add_argument("--feat-dim", type=int, default=80)
+    _bench.add_common_args(parser, warmup=3)
+    parser.set_defaults(repeats=15, device="cpu")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    device = _bench.pick_device(args.device)
+    info = _bench.machine_info(device)
+    torch.manual_seed(args.seed)
+    encoders, configs = {}, {}
+    for key in DEFAULT_CONFIGS:
+        path = getattr(args, f"{key}_config")
+        name, conf, enc = load_encoder(path, args.feat_dim)
+        encoders[key] = enc.to(device).eval()
+        configs[key] = dict(config=path, encoder=name, encoder_conf=conf)
+    impls = [i for i in args.impls.split(",") if i]
+    variants = {k: (k, None) for k in encoders}
+    for impl in impls:
+        variants.update({f"{k}_{impl}": (k, impl) for k in encoders if k != "dense"})
+    ctc = torch.nn.Linear(encoders["dense"].output_size(), args.vocab).to(device).eval()
+    print(
+        f"# encoder_infer: {info['device_name']} | torch {info['torch']} | threads {torch.get_num_threads()} "
+        f"| fp32 inference_mode | warmup {args.warmup} repeats {args.repeats} | variants {', '.join(variants)}"
+    )
+
+    def set_impl(enc, impl):
+        for ffn in getattr(enc, "moe_ffns", list)():
+            ffn.experts.impl = impl or "auto"
+
+    def make_steps(xs, ilens):
+        steps = {}
+        for name, (key, impl) in variants.items():
+            enc = encoders[key]
+
+            def forward(enc=enc, impl=impl):
+                set_impl(enc, impl)
+                with torch.inference_mode():
+                    return enc(xs, ilens)
+
+            def greedy(forward=forward):
+                out, olens, _ = forward()
+                with torch.inference_mode():
+                    return greedy_ctc(ctc(out).log_softmax(-1), olens.tolist())
+
+            steps[f"{name}/forward"], steps[f"{name}/greedy"] = forward, greedy
+        return steps
+
+    t0 = time.time()
+    cases = []
+    for batch, seconds in args.cases:
+        frames = int(round(seconds * 100))
+        xs = torch.randn(batch, frames, args.feat_dim, device=device)
+        ilens = torch.full((batch,), frames, dtype=torch.long, device=device)
+        steps = make_steps(xs, ilens)
+        (times, _), load = _bench.run_quietly(
+            lambda: _bench.time_interleaved(steps, device, args.warmup, args.repeats),
+            args.quiet_psi, args.quiet_wait_s, args.quiet_retries,
+        )
+        case = dict(batch=batch, seconds=seconds, machine_load=load, variants={})
+        for name, (key, impl) in variants.items():
+            r = {step: dict(times_s=times[f"{name}/{step}"], median_s=_bench.median(times[f"{name}/{step}"])) for step in ("forward", "greedy")}
+            if key != "dense":
+                out = steps[f"{name}/forward"]()[0]
+                r["pad_waste"] = pad_waste(encoders[key])
+                if impl is not None:  # same function as the automatic choice
+                    r["max_abs_diff_vs_auto"] = float((out - steps[f"{key}/forward"]()[0]).abs().max())
+            case["variants"][name] = dict(r, encoder=key, impl=impl or "auto")
+        out, _, _ = steps["dense/forward"]()
+        case["encoder_frames"] = out.shape[1]
+        cases.append(case)
+        print(infer_table([case]).splitlines()[-1], flush=True)
+    elapsed = time.time() - t0
+    print(infer_table(cases))
+    print(f"# total {elapsed:.0f} s")
+    if args.out:
+        _bench.write_json(
+            args.out,
+            dict(
+                benchmark="encoder_infer",
+                machine=info,
+                config=dict(vars(args), cases=[list(c) for c in args.cases], variants=list(variants), elapsed_s=elapsed, configs=configs),
+                cases=cases,
+            ),
+        )
+    return cases
+
+
+if __name__ == "__main__":
+    main()
