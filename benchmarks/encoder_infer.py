@@ -17,6 +17,14 @@ padded path), so that a before/after stands in the same run; its output is compa
 with the automatic choice's (``max_abs_diff_vs_auto``).  Each MoE encoder's
 ``pad_waste`` is the padded path's ``E * max slice / frames``, averaged over its FFNs.
 
+By default the encoders are freshly initialised and the input is random features: the
+cost of an untrained router's routing, which sends most frames of an utterance to one or two
+experts (``pad_waste`` 3.5-4).  ``--exp KEY=DIR`` takes the encoder (and its CTC head) of a
+trained model instead (``DIR/config.yaml`` and ``DIR/--checkpoint``), and ``--audio
+wav.scp`` real speech (run from the recipe directory): the recordings are joined into one stream and each utterance of a
+case is a different stretch of it, turned into features by the dense model's front-end and
+normalisation (outside the timing), as decoding sees them.
+
     python benchmarks/encoder_infer.py --out benchmarks/results/encoder_infer.json
 """
 import argparse
@@ -48,6 +56,64 @@ def greedy_ctc(logp, lengths, blank=0):
     return [[t for t in torch.unique_consecutive(b[:n]).tolist() if t != blank] for b, n in zip(best, lengths)]
 
 
+def parse_exp(text):
+    """``"omni=exp/asr_x"`` -> ("omni", "exp/asr_x")."""
+    key, sep, path = text.partition("=")
+    if not sep or key not in DEFAULT_CONFIGS:
+        raise argparse.ArgumentTypeError(f"--exp: expected KEY=DIR with KEY in {list(DEFAULT_CONFIGS)}, got {text!r}")
+    return key, path
+
+
+def load_model(exp_dir, checkpoint):
+    """The ESPnet ASR model trained in ``exp_dir`` (eval mode)."""
+    import espnet_omnirouter  # noqa: F401  (registers our encoders and model)
+    from espnet2.tasks.asr import ASRTask
+
+    for name in ("config.yaml", checkpoint):
+        if not os.path.isfile(os.path.join(exp_dir, name)):
+            raise SystemExit(f"--exp {exp_dir}: {name} not found")
+    model, _ = ASRTask.build_model_from_file(
+        os.path.join(exp_dir, "config.yaml"), os.path.join(exp_dir, checkpoint), "cpu"
+    )
+    return model.eval()
+
+
+def speech_stream(wav_scp):
+    """The recordings of a Kaldi-style ``wav.scp`` (``ID PATH`` lines, 16 kHz; relative
+    paths from the current directory, as in a recipe), joined."""
+    import numpy as np
+    import soundfile
+
+    parts = []
+    with open(wav_scp) as f:
+        for n, line in enumerate(f, 1):
+            fields = line.split()
+            if len(fields) != 2:
+                raise SystemExit(f"{wav_scp}:{n}: expected 'ID PATH', got {line.strip()!r}")
+            if not os.path.isfile(fields[1]):  # relative paths: to the current directory (Kaldi's)
+                raise SystemExit(f"{wav_scp}:{n}: {fields[1]} not found (from {os.getcwd()})")
+            audio, rate = soundfile.read(fields[1], dtype="float32")
+            if rate != 16000:
+                raise SystemExit(f"{wav_scp}:{n}: {fields[1]} is {rate} Hz, expected 16000")
+            parts.append(audio if audio.ndim == 1 else audio.mean(1))
+    return torch.from_numpy(np.concatenate(parts))
+
+
+def real_features(model, stream, batch, seconds, offset):
+    """``batch`` stretches of ``seconds`` of ``stream`` from sample ``offset`` on, as
+    normalised features ``[batch, T, F]`` (the model's front-end and normalisation)."""
+    n = int(round(seconds * 16000))
+    if offset + batch * n > stream.numel():
+        raise SystemExit(f"--audio holds {stream.numel() / 16000:.0f} s, the cases need more")
+    speech = stream[offset : offset + batch * n].view(batch, n)
+    lengths = torch.full((batch,), n, dtype=torch.long)
+    with torch.inference_mode():
+        feats, flens = model._extract_feats(speech, lengths)
+        if model.normalize is not None:
+            feats, flens = model.normalize(feats, flens)
+    return feats.clone(), flens.clone()
+
+
 def pad_waste(encoder):
     """Mean over the MoE FFNs of ``E * largest slice / frames`` in the last forward."""
     ratios = []
@@ -66,6 +132,9 @@ def main(argv=None):
     parser.add_argument("--impls", default="loop", help="comma-separated Experts.impl values also timed ('' = none)")
     parser.add_argument("--vocab", type=int, default=32, help="CTC output size (characters + blank)")
     parser.add_argument("--feat-dim", type=int, default=80)
+    parser.add_argument("--exp", type=parse_exp, action="append", default=[], help="KEY=DIR: a trained model's encoder")
+    parser.add_argument("--checkpoint", default="valid.acc.ave.pth", help="checkpoint file name in each --exp DIR")
+    parser.add_argument("--audio", default=None, help="wav.scp of real speech for the inputs (needs --exp dense=DIR)")
     _bench.add_common_args(parser, warmup=3)
     parser.set_defaults(repeats=15, device="cpu")
     args = parser.parse_args(argv)
@@ -74,17 +143,28 @@ def main(argv=None):
     device = _bench.pick_device(args.device)
     info = _bench.machine_info(device)
     torch.manual_seed(args.seed)
-    encoders, configs = {}, {}
+    encoders, configs, heads = {}, {}, {}
+    trained = dict(args.exp)
+    if args.audio and "dense" not in trained:
+        parser.error("--audio needs --exp dense=DIR (its front-end makes the features)")
+    models = {key: load_model(path, args.checkpoint) for key, path in trained.items()}
     for key in DEFAULT_CONFIGS:
+        if key in models:
+            encoders[key], heads[key] = models[key].encoder.to(device), models[key].ctc.log_softmax
+            configs[key] = dict(exp=trained[key], checkpoint=args.checkpoint, encoder=type(encoders[key]).__name__)
+            continue
         path = getattr(args, f"{key}_config")
         name, conf, enc = load_encoder(path, args.feat_dim)
         encoders[key] = enc.to(device).eval()
         configs[key] = dict(config=path, encoder=name, encoder_conf=conf)
+    stream = speech_stream(args.audio) if args.audio else None
     impls = [i for i in args.impls.split(",") if i]
     variants = {k: (k, None) for k in encoders}
     for impl in impls:
         variants.update({f"{k}_{impl}": (k, impl) for k in encoders if k != "dense"})
     ctc = torch.nn.Linear(encoders["dense"].output_size(), args.vocab).to(device).eval()
+    for key in encoders:
+        heads.setdefault(key, lambda h: ctc(h).log_softmax(-1))
     print(
         f"# encoder_infer: {info['device_name']} | torch {info['torch']} | threads {torch.get_num_threads()} "
         f"| fp32 inference_mode | warmup {args.warmup} repeats {args.repeats} | variants {', '.join(variants)}"
@@ -104,20 +184,26 @@ def main(argv=None):
                 with torch.inference_mode():
                     return enc(xs, ilens)
 
-            def greedy(forward=forward):
+            def greedy(forward=forward, head=heads[key]):
                 out, olens, _ = forward()
                 with torch.inference_mode():
-                    return greedy_ctc(ctc(out).log_softmax(-1), olens.tolist())
+                    return greedy_ctc(head(out), olens.tolist())
 
             steps[f"{name}/forward"], steps[f"{name}/greedy"] = forward, greedy
         return steps
 
     t0 = time.time()
     cases = []
+    offset = 0
     for batch, seconds in args.cases:
-        frames = int(round(seconds * 100))
-        xs = torch.randn(batch, frames, args.feat_dim, device=device)
-        ilens = torch.full((batch,), frames, dtype=torch.long, device=device)
+        if stream is None:
+            frames = int(round(seconds * 100))
+            xs = torch.randn(batch, frames, args.feat_dim, device=device)
+            ilens = torch.full((batch,), frames, dtype=torch.long, device=device)
+        else:
+            xs, ilens = real_features(models["dense"], stream, batch, seconds, offset)
+            xs, ilens = xs.to(device), ilens.to(device)
+            offset += batch * int(round(seconds * 16000))
         steps = make_steps(xs, ilens)
         (times, _), load = _bench.run_quietly(
             lambda: _bench.time_interleaved(steps, device, args.warmup, args.repeats),

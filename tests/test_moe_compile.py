@@ -139,11 +139,17 @@ def test_padded_inference_path_matches_training_path(num_experts, top_k, padded)
         assert torch.all(y_infer[2, 3:] == 0)
 
 
-def test_padded_path_with_idle_experts_and_no_frames():
+@pytest.mark.parametrize("run_cost_flop", [3e6, 0.0])  # one run; a run per group of alike slices
+def test_padded_path_with_idle_experts_and_no_frames(run_cost_flop, monkeypatch):
+    from espnet_omnirouter.moe import experts as experts_module
+
+    monkeypatch.setattr(experts_module, "PADDED_RUN_COST_FLOP", run_cost_flop)
     experts = make_layer(1).experts
-    x = torch.randn(20, D)
-    counts = torch.tensor([6, 0, 9, 5])
+    x = torch.randn(40, D)
+    counts = torch.tensor([6, 0, 29, 5])
     expert = torch.repeat_interleave(torch.arange(E), counts)
+    runs = experts_module.padded_runs(counts.tolist(), max(1, round(run_cost_flop / (4 * D * H))))
+    assert len(runs) == (1 if run_cost_flop else 4)  # with a run cost of 1 row: one run per expert
     outs = {}
     with torch.no_grad():
         for impl in ("loop", "padded"):
@@ -154,6 +160,32 @@ def test_padded_path_with_idle_experts_and_no_frames():
         empty = torch.zeros(0, dtype=torch.long)
         y = experts.combine(x, empty, torch.zeros(E, dtype=torch.int32), empty, torch.zeros(0), True)
     assert y.shape == x.shape and torch.all(y == 0)
+
+
+def test_padded_runs_have_least_cost():
+    """padded_runs equals a brute force over every split of the experts into runs."""
+    import itertools
+
+    from espnet_omnirouter.moe.experts import padded_runs
+
+    def cost(runs, sizes, run_cost):
+        return sum((b - a) * max(sizes[a:b]) + run_cost for a, b in runs)
+
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        e = int(torch.randint(1, 8, (1,), generator=gen))
+        sizes = torch.randint(0, 40, (e,), generator=gen).tolist()
+        run_cost = int(torch.randint(1, 30, (1,), generator=gen))
+        runs = padded_runs(sizes, run_cost)
+        assert [a for a, _, _ in runs] == [0] + [b for _, b, _ in runs[:-1]] and runs[-1][1] == e
+        assert all(c == max(sizes[a:b]) for a, b, c in runs)
+        splits = [
+            list(zip((0,) + cuts, cuts + (e,)))
+            for k in range(e)
+            for cuts in itertools.combinations(range(1, e), k)
+        ]
+        best = min(cost(s, sizes, run_cost) for s in splits)
+        assert cost([(a, b) for a, b, _ in runs], sizes, run_cost) == best, (sizes, run_cost)
 
 
 def test_automatic_expert_path_choice():

@@ -17,16 +17,19 @@ Three implementations of the same function (``Experts.impl`` picks one; "auto" b
   sync on CUDA).  "auto" uses it for eager CPU training and large CPU inference batches,
   where it is faster than CPU ``_grouped_mm``, and as the portable fallback for every
   other device/dtype.
-* ``padded``: inference only (no autograd, eval mode for "auto").  The slices are laid out in an ``[E, C, d]``
-  buffer padded to the largest slice ``C`` and run through two ``baddbmm``: a constant
-  number of operators whatever ``E``.  At decoding sizes (one utterance: a few hundred
-  frames, a few dozen per expert) the per-slice loop is dominated by per-operator cost
-  and by small-matrix GEMM inefficiency; one batched GEMM over the padded slices is
-  faster even though it computes the padding rows too.  "auto" uses it for eager CPU
-  inference up to :data:`PADDED_MAX_ROWS` assignments (``benchmarks/encoder_infer.py``).
+* ``padded``: inference only (no autograd, eval mode for "auto").  The slices are laid
+  out in an ``[E, C, d]`` buffer padded to the largest slice ``C`` and run through two
+  ``baddbmm``: a constant number of operators whatever ``E``.  Where a few experts take
+  far more frames than the others, the experts are split into a few runs of consecutive
+  experts, each padded to its own largest slice (:func:`padded_runs`).  At decoding
+  sizes (one utterance: a few hundred frames, a few dozen per expert) the per-slice loop
+  is dominated by per-operator cost and by small-matrix GEMM inefficiency; batched GEMMs
+  over padded slices are faster even though they compute the padding rows too.  "auto"
+  uses it for eager CPU inference up to :data:`PADDED_MAX_ROWS` assignments
+  (``benchmarks/encoder_infer.py``).
 """
 import math
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -38,6 +41,9 @@ IMPLS = ("auto", "grouped_mm", "loop", "padded")
 # assignments per MoE FFN, and the per-slice loop above it (benchmarks/encoder_infer.py:
 # batch 1 at 2-20 s is 50-500 frames after 4x subsampling; batch 8 x 10 s is 2,000).
 PADDED_MAX_ROWS = 1024
+# Fixed cost of one run of the padded path (two baddbmm and an activation call, ~20 us on
+# a 2-core CPU), in FLOPs of padding rows that it is worth to skip: see padded_runs.
+PADDED_RUN_COST_FLOP = 3e6
 
 
 def grouped_mm_supported(x: torch.Tensor, hidden: int, dtype: Optional[torch.dtype] = None) -> bool:
@@ -229,21 +235,37 @@ class Experts(nn.Module):
             return _expert_loop_forward(flat, gate, *params, rows, sizes, self._hidden, unique, flat.shape[0], dtype)[0]
 
     def _padded(self, flat, rows, expert, gate, bounds, unique, dtype) -> torch.Tensor:
-        """The padded path: the ``M`` assignments laid out as ``[E, C, d]`` (``C``: the
-        largest slice), two ``baddbmm``, and back (no autograd)."""
-        num_experts, width = self.num_experts, max(b - a for a, b in zip(bounds, bounds[1:]))
-        out_shape = flat.new_empty(0, self.w2.shape[2], dtype=dtype)
-        if width == 0:
-            return _new_rows(flat.shape[0], out_shape, rows, False)
-        # Slot of assignment i in the padded layout: expert e's j-th row -> e * C + j.
-        shift = torch.tensor([e * width - b for e, b in enumerate(bounds[:-1])], device=flat.device)
+        """The padded path (no autograd): the experts are split into runs of consecutive
+        experts (:func:`padded_runs`); a run of ``n`` experts whose largest slice is ``C``
+        is an ``[n, C, d]`` block of one buffer and two ``baddbmm``, on views of the
+        stacked weights."""
+        sizes = [b - a for a, b in zip(bounds, bounds[1:])]
+        d_in, hidden = self.w1.shape[1:]
+        runs = padded_runs(sizes, max(1, round(PADDED_RUN_COST_FLOP / (4 * d_in * hidden))))
+        total = sum((stop - start) * width for start, stop, width in runs)
+        if total == 0:
+            return _new_rows(flat.shape[0], flat.new_empty(0, self.w2.shape[2], dtype=dtype), rows, False)
+        # Slot of assignment i in the buffer: the j-th row of expert e of a run that starts
+        # at ``offset`` with expert ``start`` -> offset + (e - start) * C + j.
+        shift, offsets, offset = [], [], 0
+        for start, stop, width in runs:
+            offsets.append(offset)
+            shift += [offset + (e - start) * width - bounds[e] for e in range(start, stop)]
+            offset += (stop - start) * width
+        shift = torch.tensor(shift, device=flat.device)
         slot = torch.arange(rows.shape[0], device=flat.device).add_(shift.index_select(0, expert))
         # Row of ``flat`` read into each slot; padding slots read row 0 (never used).
-        source = rows.new_zeros(num_experts * width).index_copy_(0, slot, rows)
-        x = flat.index_select(0, source).to(dtype).view(num_experts, width, -1)
+        source = rows.new_zeros(total).index_copy_(0, slot, rows)
+        x = flat.index_select(0, source).to(dtype)
         w1, b1, w2, b2 = (p.to(dtype) for p in (self.w1, self.b1, self.w2, self.b2))
-        hidden = self._hidden(torch.baddbmm(b1.unsqueeze(1), x, w1))
-        y = torch.baddbmm(b2.unsqueeze(1), hidden, w2).view(num_experts * width, -1)
+        y = x.new_empty(total, w2.shape[2])
+        for (start, stop, width), offset in zip(runs, offsets):
+            if width == 0:
+                continue
+            block = slice(offset, offset + (stop - start) * width)
+            x_run = x[block].view(stop - start, width, -1)
+            h = self._hidden(torch.baddbmm(b1[start:stop].unsqueeze(1), x_run, w1[start:stop]))
+            torch.baddbmm(b2[start:stop].unsqueeze(1), h, w2[start:stop], out=y[block].view(stop - start, width, -1))
         y = y.index_select(0, slot).mul_(gate.to(dtype).unsqueeze(1))
         return _put_rows(_new_rows(flat.shape[0], y, rows, unique), rows, y, unique)
 
@@ -253,6 +275,35 @@ class Experts(nn.Module):
     def extra_repr(self) -> str:
         e, d, h = self.w1.shape
         return f"num_experts={e}, d_model={d}, hidden={h}"
+
+
+def padded_runs(sizes: List[int], run_cost: int) -> List[Tuple[int, int, int]]:
+    """Split experts ``0..E-1`` into runs of consecutive experts for the padded path.
+
+    A run ``(start, stop, C)`` computes ``(stop - start) * C`` rows, ``C`` being its largest
+    slice; each run also costs a fixed ``run_cost`` (in rows: two GEMM calls and the
+    activation).  Returns the runs of least total cost (dynamic programming, ``O(E^2)``
+    on the host): one run when the slices are alike, more when a few experts take many
+    more frames than the rest (one padded block would compute mostly padding).
+
+    Args:
+        sizes: ``[E]`` rows of each expert.
+        run_cost: fixed cost of a run, in rows.
+    """
+    best, cut = [0] + [math.inf] * len(sizes), [0] * (len(sizes) + 1)
+    for stop in range(1, len(sizes) + 1):
+        width = 0
+        for start in range(stop - 1, -1, -1):
+            width = max(width, sizes[start])
+            cost = best[start] + (stop - start) * width + run_cost
+            if cost < best[stop]:
+                best[stop], cut[stop] = cost, start
+    runs, stop = [], len(sizes)
+    while stop > 0:
+        start = cut[stop]
+        runs.append((start, stop, max(sizes[start:stop])))
+        stop = start
+    return runs[::-1]
 
 
 def _new_rows(num_rows: int, like: torch.Tensor, rows: torch.Tensor, unique: bool) -> torch.Tensor:
