@@ -117,3 +117,13 @@ def infer_table(cases):
         row.append(stall(case.get("machine_load")))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def decode_rtf_table(results):
+    """Markdown table of ``decode_rtf.py``'s runs: RTF, ratio to the first run, WER."""
+    base = next(iter(results.values()))
+    lines = ["| run | RTF | vs " + next(iter(results)) + " | WER % | same words as |", "|---|---|---|---|---|"]
+    for name, r in results.items():
+        same = ", ".join(r["same_words_as"]) or "-"
+        lines.append(f"| {name} | {r['rtf']:.3f} | {r['decode_s'] / base['decode_s']:.2f}x | {r['wer']:.1f} | {same} |")
+    return "\n".join(lines)

@@ -231,7 +231,7 @@ def main(argv=None):
             dict(
                 benchmark="encoder_infer",
                 machine=info,
-                config=dict(vars(args), cases=[list(c) for c in args.cases], variants=list(variants), elapsed_s=elapsed, configs=configs),
+                config=dict(vars(args), dtype="fp32 inference_mode", cases=[list(c) for c in args.cases], variants=list(variants), elapsed_s=elapsed, configs=configs),
                 cases=cases,
             ),
         )

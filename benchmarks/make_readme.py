@@ -12,7 +12,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _tables import encoder_table, stall, table  # noqa: E402
+from _tables import decode_rtf_table, encoder_table, infer_table, stall, table  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BEGIN, END = "<!-- BEGIN GENERATED -->", "<!-- END GENERATED -->"
@@ -36,6 +36,12 @@ CUDA_ACCEPTANCE_RUNS = [
     ("moe_ffn_cuda_compile.json", "torch.compile"),
     ("moe_ffn_cuda_cudagraphs.json", "torch.compile, CUDA graphs"),
 ]
+# Decoding-time encoder cost (encoder_infer.py) and end-to-end decoding (decode_rtf.py).
+INFER_RUNS = [
+    ("encoder_infer_trained.json", "CPU, trained encoders on real speech (`test_seen`)"),
+    ("encoder_infer.json", "CPU, freshly initialised encoders on random features"),
+]
+DECODE_RTF_RUNS = [("decode_rtf.json", "CPU, beam search with the character LM, batch 1")]
 ENCODER_RUNS = [
     ("encoder_step.json", "CPU"),
     ("encoder_step_1thread.json", "CPU, 1 thread"),
@@ -71,9 +77,14 @@ def machine_line(run):
         f"{m['cpu_cores']} cores" if m["device"] == "cpu" else f"{m['device']}, host CPU {m['cpu_model']}",
         f"torch {m['torch']}",
         f"{m['threads']} thread{'s' if m['threads'] != 1 else ''}",
-        c["dtype"],
-        f"warm-up {c['warmup']}, median of "
-        + (f"up to {c['repeats']} rounds (column `rounds`)" if "case_budget_s" in c else f"{c['repeats']} rounds"),
+        c.get("dtype", "fp32"),
+    ]
+    if "warmup" in c:
+        parts.append(
+            f"warm-up {c['warmup']}, median of "
+            + (f"up to {c['repeats']} rounds (column `rounds`)" if "case_budget_s" in c else f"{c['repeats']} rounds")
+        )
+    parts += [
         f"measured {m['time']}" + (f" on commit {m['commit']}" if m.get("commit") else ""),
     ]
     if load:
@@ -352,6 +363,35 @@ def generate(results_dir):
             + f" | CPU stall while timing {stall(run.get('machine_load'))}\n"
         )
         out.append(encoder_table(run["results"], memory=not c.get("no_memory")))
+    for name, title in INFER_RUNS:
+        run = load(results_dir, name)
+        if run is None:
+            continue
+        c = run["config"]
+        source = ", ".join(f"{k}: {v['exp']}/{v['checkpoint']}" for k, v in c["configs"].items() if "exp" in v)
+        out.append(f"\n### Encoder inference, {title} (`results/{name}`)\n")
+        out.append(
+            machine_line(run) + " | " + (f"models {source}" if source else "recipe configs")
+            + (f" | audio {c['audio']}" if c.get("audio") else "") + "\n"
+        )
+        out.append(
+            "Dense: median ms of the encoder forward / forward + greedy CTC; the others: ratios to dense "
+            "(`*_loop`: experts forced onto the per-slice loop, CPU inference before the padded path). "
+            "`pad waste`: the padded path's `E * largest slice / frames` (1 = even routing).\n"
+        )
+        out.append(infer_table(run["cases"]))
+    for name, title in DECODE_RTF_RUNS:
+        run = load(results_dir, name)
+        if run is None:
+            continue
+        c = run["config"]
+        out.append(f"\n### End-to-end decoding, {title} (`results/{name}`)\n")
+        models = ", ".join(f"{k}: {v}/{c['checkpoint']}" for k, v in c["model"].items())
+        out.append(
+            machine_line(run) + f" | {c['utterances']} utterances of {c['data']} ({c['audio_s']:.0f} s) | "
+            f"models {models} | LM {c['lm']}\n"
+        )
+        out.append(decode_rtf_table(run["results"]))
     return "\n".join(out) + "\n"
 
 

@@ -223,6 +223,35 @@ def test_roe_benchmark(quality, tmp_path, monkeypatch):
         roe_bench.main(["--out", str(tmp_path / "x")])  # neither --report_from nor --models/--dump
 
 
+def test_decode_rtf_decodes_like_espnet(quality, tmp_path, monkeypatch):
+    """decode_rtf.py: every model (and the omni model with its experts forced onto the loop)
+    decodes the same utterances as ESPnet's own Speech2Text, and is timed."""
+    import decode_rtf
+
+    exp = quality["exp"]
+    monkeypatch.chdir(quality["work"])
+    config = tmp_path / "decode.yaml"  # the beam search of plain_decode(beam=True)
+    config.write_text("beam_size: 2\nctc_weight: 0.3\nmaxlenratio: 0.3\nnbest: 1\n")
+    out = tmp_path / "decode_rtf.json"
+    results = decode_rtf.main([
+        "--model", f"dense={exp / 'asr_dense'}", "--model", f"omni={exp / 'asr_omni'}",
+        "--checkpoint", "valid.loss.ave.pth", "--decode-config", str(config),
+        "--data", "dump/raw/test_seen", "--max-utts", "2", "--out", str(out),
+    ])
+    assert list(results) == ["dense", "omni", "omni_loop"]
+    assert results["omni"]["same_words_as"] == ["omni_loop"]  # the padded path decodes as the loop
+    scp, text = (roe_bench.read_kaldi(f"dump/raw/test_seen/{f}") for f in ("wav.scp", "text"))
+    keys = list(scp)[:2]  # decode_rtf takes wav.scp's first utterances
+    for m in ("dense", "omni"):
+        hyps = plain_decode(exp / f"asr_{m}", [scp[k] for k in keys], beam=True)
+        refs = [" ".join(text[k].split()) for k in keys]
+        assert results[m]["wer"] == pytest.approx(jiwer_wer(refs, hyps), abs=1e-9), m
+        assert results[m]["rtf"] > 0
+    assert json.loads(out.read_text())["results"]["omni_loop"]["wer"] == results["omni"]["wer"]
+    with pytest.raises(SystemExit):
+        decode_rtf.main(["--model", "omni", "--data", "dump/raw/test_seen"])
+
+
 def test_roe_beam_k1_is_plain_decoding(quality, tmp_path, monkeypatch):
     # 1 epoch: best-path CTC is still all blanks (WER 100 for any decoder), the attention decoder
     # of the beam search is not: its words make K = 1 == plain decoding a real check
