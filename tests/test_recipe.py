@@ -397,6 +397,54 @@ def test_stage2_drops_broken_utterances_and_continues(tmp_path):
     assert "<space>" in tokens and "W" in tokens and "B" not in tokens  # BROKEN FILE dropped
 
 
+def cut_short(src: Path, dst: Path, keep: float):
+    """A copy of ``src`` holding only its first ``keep`` share of bytes (header unchanged)."""
+    data = src.read_bytes()
+    dst.write_bytes(data[: int(len(data) * keep)])
+
+
+def test_stage2_drops_truncated_audio(tmp_path):
+    """Files whose header declares more samples than they hold (an interrupted copy) are
+    dropped as truncated_audio, for WAV (libsndfile reads the part that is there) and FLAC
+    (libsndfile fails part-way); intact files, and a streamed WAV whose header declares no
+    length, are kept whole."""
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    write_wav(audio / "a.wav", 2.0, 16000)
+    x, _ = sf.read(str(audio / "a.wav"))
+    sf.write(str(audio / "a.flac"), x, 16000)
+    cut_short(audio / "a.wav", audio / "cut.wav", 0.5)
+    cut_short(audio / "a.flac", audio / "cut.flac", 0.6)
+    streamed = bytearray((audio / "a.wav").read_bytes())  # as ffmpeg writes to a pipe
+    i = streamed.index(b"data")
+    streamed[4:8] = streamed[i + 4:i + 8] = b"\xff\xff\xff\xff"
+    (audio / "streamed.wav").write_bytes(bytes(streamed))
+    entries = [
+        ("utt_wav", str(audio / "a.wav"), "HELLO"),
+        ("utt_flac", str(audio / "a.flac"), "HELLO"),
+        ("utt_streamed", f"cat {audio / 'streamed.wav'} |", "HELLO"),
+        ("utt_cut_wav", str(audio / "cut.wav"), "HELLO"),
+        ("utt_cut_flac", str(audio / "cut.flac"), "HELLO"),
+        ("utt_cut_pipe", f"cat {audio / 'cut.wav'} |", "HELLO"),
+    ]
+    d = handmade_recipe(tmp_path, entries)
+    out = ok(run(d, ["./asr.sh", "--python", PYTHON, "--stage", "2", "--stop_stage", "2",
+                     "--train_set", "handmade", "--valid_set", "handmade", "--test_sets", "",
+                     "--nj", "1"], timeout=120))
+    raw = d / "dump/raw/handmade"
+    dropped = {line.split("\t")[0]: line.split("\t")[1:]
+               for line in (raw / "dropped.txt").read_text().splitlines()}
+    assert sorted(dropped) == ["utt_cut_flac", "utt_cut_pipe", "utt_cut_wav"]
+    for utt, (reason, detail) in dropped.items():
+        assert reason == "truncated_audio", (utt, reason, detail)
+        assert re.search(r"the header declares 32000 frames \(2\.000 s\), only \d+ \(\S+ s\) could be read",
+                         detail), detail
+        assert f"dropping utterance '{utt}': truncated_audio: " in out
+    assert "cut.wav: the header declares" in dropped["utt_cut_wav"][1]
+    assert "[handmade] kept 3 of 6 utterances" in out and "dropped 3: truncated_audio=3" in out
+    assert read_kaldi(raw / "utt2num_samples") == {"utt_flac": "32000", "utt_streamed": "32000", "utt_wav": "32000"}
+
+
 def test_stage2_failure_names_stage_and_log(tmp_path):
     d = handmade_recipe(tmp_path, [("utt_missing", str(tmp_path / "nope.wav"), "HELLO")])
     proc = run(d, ["./asr.sh", "--python", PYTHON, "--stage", "2", "--stop_stage", "8",
