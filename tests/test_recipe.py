@@ -276,6 +276,38 @@ def test_routing_analysis_stage(recipe, exp):
     assert "Stage 10:" in recipe["second"].stdout
 
 
+def test_stage5_prints_one_line_per_epoch(recipe, exp):
+    """The ASR and LM trainings each show their epochs on the console (train.log holds the rest):
+    losses and, for ASR, accuracy as ESPnet logged them (ESPnet's LM logs no accuracy)."""
+    out = recipe["second"].stdout
+    for name, log in (("ASR", exp / "train.log"), ("LM", recipe["dir"] / LM_EXP / "train.log")):
+        results = next(line for line in log.read_text().splitlines() if "1epoch results" in line)
+        train, valid = re.search(r"\[train\] (.*?) \[valid\] (.*)$", results).groups()
+        m = re.search(rf"^\S+ \(asr\.sh\) \[{name}\] epoch 1/1: train loss (\S+), valid loss ([^,;]+)"
+                      rf"(?:, valid acc (\S+))?; epoch .+, done$", out, re.M)
+        assert m, (name, out)
+        print(f"\n{m.group(0)}")
+        logged = [re.search(rf"(?:^|, ){key}=([^,]+)", text) for key, text in
+                  (("loss", train), ("loss", valid), ("acc", valid))]
+        logged = [float(v.group(1)) if v else None for v in logged]
+        assert [None if v is None else float(v) for v in m.group(1, 2, 3)] == logged
+        assert (logged[2] is not None) == (name == "ASR")
+        assert len(re.findall(rf"\[{name}\] epoch ", out)) == 1
+    assert out.index("[LM] epoch 1/1") < out.index("[ASR] epoch 1/1") < out.index("training finished:")
+
+
+def test_failed_training_fails_stage5_and_names_the_key(recipe, exp):
+    """A training that fails ends the stage with its status and log (the epoch follower does
+    not hang or hide it); here a misspelt encoder_conf key, named with the key meant."""
+    d = recipe["dir"]
+    proc = run(d, ["./run.sh", *COMMON, "--use_lm", "false", "--stage", "5", "--stop_stage", "5",
+                   "--asr_args", "--max_epoch 1 --encoder_conf num_expert=4"], timeout=300)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert re.search(r"ERROR: stage 5 \(training -> .*\) failed: training exited with status 1", proc.stdout)
+    assert "has no key encoder_conf.num_expert (did you mean 'num_experts'?)" in proc.stdout
+    assert "Successfully finished" not in proc.stdout and "[ASR] epoch" not in proc.stdout
+
+
 def test_stage6_decodes_again_without_training(recipe, exp):
     d = recipe["dir"]
     ckpts = {p: p.stat().st_mtime_ns for p in exp.glob("*.pth")}

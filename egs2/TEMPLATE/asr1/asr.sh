@@ -11,6 +11,7 @@
 #   5. train       asr_train                                  -> ${expdir}/asr_${asr_tag}/
 #                  with --use_lm true first an LM on the training transcripts (lm_train)
 #                                                             -> ${expdir}/lm_${lm_tag}/
+#                  the console shows one line per epoch (loss, accuracy, time left) from train.log
 #   6. decode      asr_inference over ${inference_nj} jobs    -> .../<decode_tag>/<test_set>/text, rtf.txt
 #                  (with --use_lm true: shallow fusion with that LM, weight lm_weight of the decode config)
 #   7. score       WER/CER with jiwer                         -> .../score_{wer,cer}/result.txt, RESULTS.md
@@ -328,21 +329,35 @@ _fail() {  # description log rc command...
     exit 1
 }
 
-# run_logged <description> <log> command...: output only to the log
+# run_logged [--progress <name>] <description> <log> command...: output only to the log.
+# With --progress (ESPnet trainings), pyscripts/train_progress.py prints one console line per
+# epoch read from the growing log; it stops at the "# finished/failed at" line written here (or
+# when this shell is gone), and the command's status alone decides the stage.
 run_logged() {
-    local desc=$1 logf=$2 rc=0
+    local progress="" follower="" rc=0
+    if [ "$1" = --progress ]; then
+        progress=$2
+        shift 2
+    fi
+    local desc=$1 logf=$2
     shift 2
     mkdir -p "$(dirname "${logf}")"
     {
         echo "# $*"
         echo "# started at $(date)"
     } >"${logf}"
+    if [ -n "${progress}" ]; then
+        "${python}" "${pyscripts}/train_progress.py" --log "${logf}" --pid $$ --name "${progress}" &
+        follower=$!
+    fi
     "$@" >>"${logf}" 2>&1 || rc=$?
     if [ "${rc}" -ne 0 ]; then
         echo "# failed at $(date) with status ${rc}" >>"${logf}"
+        [ -z "${follower}" ] || wait "${follower}" || true
         _fail "${desc}" "${logf}" "${rc}" "$@"
     fi
     echo "# finished at $(date)" >>"${logf}"
+    [ -z "${follower}" ] || wait "${follower}" || true
 }
 
 # run_tee <description> <log> command...: output to the console and the log
@@ -576,7 +591,7 @@ _train_lm() {
     done
     mkdir -p "${lm_exp}"
     # shellcheck disable=SC2086
-    run_logged "LM training" "${lm_exp}/train.log" \
+    run_logged --progress LM "LM training" "${lm_exp}/train.log" \
         "${python}" -m espnet2.bin.lm_train \
         --use_preprocessor true "${_token_opts[@]}" \
         --train_data_path_and_name_and_type "${data_feats}/${train_set}/text,text,text" \
@@ -616,7 +631,7 @@ if _run_stage 5; then
     fi
     mkdir -p "${asr_exp}"
     # shellcheck disable=SC2086
-    run_logged "training" "${asr_exp}/train.log" \
+    run_logged --progress ASR "training" "${asr_exp}/train.log" \
         "${python}" -m espnet_omnirouter.bin.asr_train \
         --use_preprocessor true "${_token_opts[@]}" \
         --train_data_path_and_name_and_type "${data_feats}/${train_set}/wav.scp,speech,sound" \
