@@ -495,3 +495,59 @@ def test_unknown_option_is_rejected(tmp_path):
     proc = run(d, ["./asr.sh", "--python", PYTHON, "--no_such_option", "1"], timeout=60)
     assert proc.returncode == 2
     assert "unknown option --no_such_option" in proc.stdout
+
+
+# every asr.sh option with a type: (option, a wrong value, the start of the error)
+TYPED_OPTIONS = [
+    ("stage", "x", "--stage must be a non-negative integer, got 'x'"),
+    ("stop_stage", "-1", "--stop_stage must be a non-negative integer"),
+    ("ngpu", "1.0", "--ngpu must be a non-negative integer"),
+    ("nj", "0", "--nj must be a positive integer, got '0'"),
+    ("inference_nj", "two", "--inference_nj must be a positive integer"),
+    ("nbpe", "1.5", "--nbpe must be a positive integer"),
+    ("batch_size", "0", "--batch_size must be a positive integer"),
+    ("analysis_max_utts", "-3", "--analysis_max_utts must be a positive integer"),
+    ("asr_speech_fold_length", "8e2", "--asr_speech_fold_length must be a positive integer"),
+    ("asr_text_fold_length", "0", "--asr_text_fold_length must be a positive integer"),
+    ("min_wav_duration", "abc", "--min_wav_duration must be a number of seconds >= 0, got 'abc'"),
+    ("max_wav_duration", "-1", "--max_wav_duration must be a number of seconds >= 0"),
+    ("bpe_char_cover", "1.5", "--bpe_char_cover must be a number in (0, 1], got '1.5'"),
+    ("bpe_char_cover", "0", "--bpe_char_cover must be a number in (0, 1]"),
+    ("token_type", "word", "--token_type must be bpe or char, got 'word'"),
+    ("bpemode", "word", "--bpemode must be unigram or bpe, got 'word'"),
+    ("gpu_inference", "yes", "--gpu_inference must be true or false, got 'yes'"),
+    ("dry_run", "1", "--dry_run must be true or false"),
+    ("use_lm", "maybe", "--use_lm must be true or false"),
+    ("fs", "16x", "--fs must be a positive whole sampling rate"),
+    ("fs", "0", "--fs must be a positive whole sampling rate"),
+    ("fs", "16000.5", "--fs must be a positive whole sampling rate"),
+]
+
+
+def test_every_typed_option_of_asr_sh_is_tested():
+    """Options whose default is a number or true/false, and those with a fixed set of values."""
+    text = (TEMPLATE / "asr.sh").read_text()
+    options = re.search(r"_options=\((.*?)\)", text, re.S).group(1).split()
+    defaults = dict(re.findall(r"^(\w+)=(\S*)", text, re.M))
+    typed = {o for o in options if re.fullmatch(r"[0-9.]+|true|false", defaults[o])}
+    typed |= {"nj", "inference_nj", "fs", "token_type", "bpemode"}  # defaults computed or words
+    assert typed == {o for o, _, _ in TYPED_OPTIONS}
+
+
+@pytest.mark.parametrize("option, value, message", TYPED_OPTIONS, ids=[f"{o}={v}" for o, v, _ in TYPED_OPTIONS])
+def test_wrong_typed_option_is_named(tmp_path, option, value, message):
+    d = handmade_recipe(tmp_path, [])
+    proc = run(d, ["./asr.sh", "--python", PYTHON, "--stage", "0", "--stop_stage", "0", f"--{option}", value],
+               timeout=60)
+    assert proc.returncode == 2, proc.stdout
+    assert f"ERROR: {message}" in proc.stdout
+
+
+def test_duration_limits_must_be_ordered(tmp_path):
+    d = handmade_recipe(tmp_path, [])
+    proc = run(d, ["./asr.sh", "--python", PYTHON, "--stage", "0", "--stop_stage", "0",
+                   "--min_wav_duration", "5", "--max_wav_duration", "2.5"], timeout=60)
+    assert proc.returncode == 2
+    assert "ERROR: --min_wav_duration 5 must not exceed --max_wav_duration 2.5" in proc.stdout
+    ok(run(d, ["./asr.sh", "--python", PYTHON, "--stage", "0", "--stop_stage", "0", "--min_wav_duration", "1e-1",
+               "--max_wav_duration", ".5", "--fs", "8k", "--bpe_char_cover", "0.9995"], timeout=60))

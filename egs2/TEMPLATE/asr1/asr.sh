@@ -172,12 +172,35 @@ done
 # ---------------------------------------------------------------------------------------------
 # Checks and derived names
 # ---------------------------------------------------------------------------------------------
-for _o in stage stop_stage ngpu nj inference_nj nbpe batch_size analysis_max_utts; do
+for _o in stage stop_stage ngpu; do
     if ! [[ "${!_o}" =~ ^[0-9]+$ ]]; then
         err "--${_o} must be a non-negative integer, got '${!_o}'"
         exit 2
     fi
 done
+for _o in nj inference_nj nbpe batch_size analysis_max_utts asr_speech_fold_length asr_text_fold_length; do
+    if ! [[ "${!_o}" =~ ^0*[1-9][0-9]*$ ]]; then
+        err "--${_o} must be a positive integer, got '${!_o}'"
+        exit 2
+    fi
+done
+_is_number() {  # a non-negative decimal number (1, 0.5, .5, 1e-3)
+    [[ "$1" =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$ ]]
+}
+for _o in min_wav_duration max_wav_duration; do
+    if ! _is_number "${!_o}"; then
+        err "--${_o} must be a number of seconds >= 0, got '${!_o}'"
+        exit 2
+    fi
+done
+if awk -v a="${min_wav_duration}" -v b="${max_wav_duration}" 'BEGIN { exit !(a > b) }'; then
+    err "--min_wav_duration ${min_wav_duration} must not exceed --max_wav_duration ${max_wav_duration}"
+    exit 2
+fi
+if ! _is_number "${bpe_char_cover}" || awk -v c="${bpe_char_cover}" 'BEGIN { exit !(c <= 0 || c > 1) }'; then
+    err "--bpe_char_cover must be a number in (0, 1], got '${bpe_char_cover}'"
+    exit 2
+fi
 for _o in gpu_inference dry_run use_lm; do
     case "${!_o}" in
         true | false) ;;
@@ -187,8 +210,21 @@ for _o in gpu_inference dry_run use_lm; do
             ;;
     esac
 done
-[ "${nj}" -ge 1 ] || nj=1
-[ "${inference_nj}" -ge 1 ] || inference_nj=1
+
+case "${token_type}" in
+    bpe | char) ;;
+    *)
+        err "--token_type must be bpe or char, got '${token_type}'"
+        exit 2
+        ;;
+esac
+case "${bpemode}" in
+    unigram | bpe) ;;
+    *)
+        err "--bpemode must be unigram or bpe, got '${bpemode}'"
+        exit 2
+        ;;
+esac
 
 if ! command -v "${python}" >/dev/null 2>&1; then
     err "--python ${python}: not found"
@@ -221,14 +257,6 @@ if [ "${stage}" -le 10 ] && [ "${stop_stage}" -ge 4 ] && [ -z "${asr_config}" ] 
     err "--asr_config (or --asr_exp) is required for stages 4-10"
     exit 2
 fi
-
-case "${token_type}" in
-    bpe | char) ;;
-    *)
-        err "--token_type must be bpe or char, got '${token_type}'"
-        exit 2
-        ;;
-esac
 
 # the helper scripts sit next to the real asr.sh (the recipe usually links asr.sh here)
 _self="$(readlink -f "${BASH_SOURCE[0]}")"
@@ -283,8 +311,13 @@ if [ -z "${lm_exp}" ]; then
 fi
 lm_stats_dir=${expdir}/lm_stats_${token_tag}
 
-_fs_hz=$("${python}" -c "v='${fs}'.lower(); print(int(float(v[:-1])*1000) if v.endswith('k') else int(float(v)))") || {
-    err "--fs '${fs}' is not a sampling rate"
+_fs_hz=$("${python}" -c '
+import sys
+v = sys.argv[1].strip().lower()
+hz = float(v[:-1]) * 1000 if v.endswith("k") else float(v)
+assert 0 < hz == int(hz)
+print(int(hz))' "${fs}" 2>/dev/null) || {
+    err "--fs must be a positive whole sampling rate in Hz (16000) or kHz (16k), got '${fs}'"
     exit 2
 }
 
