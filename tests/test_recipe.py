@@ -551,3 +551,18 @@ def test_duration_limits_must_be_ordered(tmp_path):
     assert "ERROR: --min_wav_duration 5 must not exceed --max_wav_duration 2.5" in proc.stdout
     ok(run(d, ["./asr.sh", "--python", PYTHON, "--stage", "0", "--stop_stage", "0", "--min_wav_duration", "1e-1",
                "--max_wav_duration", ".5", "--fs", "8k", "--bpe_char_cover", "0.9995"], timeout=60))
+
+
+def test_model_card_reads_null_moe_keys_as_their_defaults():
+    """encoder_conf may give moe_macaron and router_groups as null (their defaults)."""
+    sys.path.insert(0, str(TEMPLATE / "pyscripts"))
+    import make_model_card
+
+    def card(**conf):
+        return "\n".join(make_model_card.architecture({"encoder": "omni_router_conformer", "encoder_conf": conf}))
+
+    assert "macaron FFNs included" in card(macaron_style=True, moe_macaron=None)
+    assert "macaron FFNs included" in card(macaron_style=True)
+    assert "macaron FFNs included" not in card(macaron_style=True, moe_macaron=False)
+    assert "macaron FFNs included" not in card(macaron_style=False)
+    assert "share 1 router(s)" in card(router_groups=None) and "share 3 router(s)" in card(router_groups=3)
