@@ -633,7 +633,7 @@ _train_lm() {
         --valid_shape_file "${lm_stats_dir}/valid/text_shape.${token_type}" \
         --fold_length "${asr_text_fold_length}" --resume true --ngpu "$((ngpu > 0 ? 1 : 0))" \
         --output_dir "${lm_exp}" --config "${lm_config}" ${lm_args}
-    log "language model finished: ${lm_exp} ($(grep -o 'valid.loss=[0-9.]*' "${lm_exp}/train.log" | tail -n 1))"
+    log "language model finished: ${lm_exp}"
 }
 
 if _run_stage 5; then
