@@ -5,6 +5,7 @@ import torch
 from espnet2.asr.espnet_model import ESPnetASRModel
 from espnet2.torch_utils.device_funcs import force_gatherable
 
+from espnet_omnirouter.config_check import check_known_keys, typechecked_conf
 from espnet_omnirouter.encoders.moe_encoder import MoEEncoderMixin
 from espnet_omnirouter.moe import moe_aux_losses, moe_layer_stats
 from espnet_omnirouter.signature import publish_signature
@@ -23,9 +24,14 @@ class MoEASRModel(ESPnetASRModel):
         moe_aux_weight: weight of the load-balancing loss (>= 0).
         moe_zloss_weight: weight of the router z-loss (>= 0).
         *args, **kwargs: ESPnetASRModel's arguments.
+
+    Both weights are type-checked (the error names ``model_conf.<key>``), and a key that
+    neither we nor ``ESPnetASRModel`` take is rejected with the closest valid key.
     """
 
+    @typechecked_conf("model_conf")
     def __init__(self, *args, moe_aux_weight: float = 0.01, moe_zloss_weight: float = 0.001, **kwargs):
+        check_known_keys("model_conf", type(self), kwargs)
         for key, value in (("moe_aux_weight", moe_aux_weight), ("moe_zloss_weight", moe_zloss_weight)):
             if value < 0:
                 raise ValueError(f"model_conf.{key} must be >= 0, got {value}")

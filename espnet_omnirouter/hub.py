@@ -8,7 +8,10 @@ random.  Everything here checks that the checkpoint's keys are exactly the model
     >>> text = speech2text(waveform)[0][0]
 """
 import glob
+import json
 import os
+import re
+import shutil
 from pathlib import Path
 from typing import Dict, Optional, Union
 
@@ -29,11 +32,16 @@ def resolve_model_files(model: Union[str, Path], cache_dir: Optional[str] = None
     """Paths of ``asr_train_config``, ``asr_model_file`` (and packed extras) for ``model``.
 
     ``model`` may be:
-      * a zip made by ``espnet2.bin.pack asr`` (unpacked into ``cache_dir``);
+      * a zip made by ``espnet2.bin.pack asr`` (unpacked into ``cache_dir``; a zip that
+        cannot be unpacked raises ``ValueError`` naming it and leaves nothing in the cache);
       * an unpacked pack (a directory with ``meta.yaml``; its config paths are rewritten
         to point into it, as espnet_model_zoo does for Hugging Face snapshots);
       * an experiment directory with ``config.yaml`` and a ``*.pth`` checkpoint;
       * a Hugging Face model id ``owner/name`` (downloaded through espnet_model_zoo).
+
+    A name that looks local and does not exist (it starts with ``.``, ``/`` or ``~``, ends
+    in ``.zip``, or its first directory exists here) raises ``FileNotFoundError``: it is
+    never sent to the hub.
     """
     from espnet_model_zoo.downloader import ModelDownloader
 
@@ -42,20 +50,70 @@ def resolve_model_files(model: Union[str, Path], cache_dir: Optional[str] = None
     if path.is_file():
         if path.suffix != ".zip":
             raise ValueError(f"{model}: expected a .zip made by `espnet2.bin.pack asr`")
-        # espnet_model_zoo keys its unpack cache on the zip's path alone; add size and mtime
-        # so that a zip re-packed at the same path is unpacked again, not served stale.
-        stat = path.stat()
-        version_dir = os.path.join(cache_dir, f"{path.stem}-{stat.st_size}-{stat.st_mtime_ns}")
-        return ModelDownloader(version_dir).download_and_unpack(str(path.resolve()))
+        return unpack_zip(path, cache_dir)
     if path.is_dir():
         if (path / "meta.yaml").exists():
             return ModelDownloader._unpack_cache_dir_for_huggingfase(str(path.resolve()))
         if (path / "config.yaml").exists():
             return {"asr_train_config": str(path / "config.yaml"), "asr_model_file": _best_checkpoint(path)}
         raise FileNotFoundError(f"{model}: directory has neither meta.yaml (a pack) nor config.yaml (an exp dir)")
-    if str(model).count("/") == 1 and not str(model).startswith((".", "/")):
+    local = _looks_local(str(model))
+    if local:
+        raise FileNotFoundError(f"{model}: no such zip or directory (taken as a local path, not a Hugging Face id: {local})")
+    if _HF_ID.match(str(model)):
         return ModelDownloader(cache_dir).download_and_unpack(str(model))
     raise FileNotFoundError(f"{model}: no such zip or directory, and not a Hugging Face id 'owner/name'")
+
+
+_HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _looks_local(model: str) -> Optional[str]:
+    """Why ``model`` (that does not exist) is a local path, or None when it may be a hub id."""
+    if model.startswith((".", "/", "~")):
+        return f"it starts with '{model[0]}'"
+    if model.lower().endswith(".zip"):
+        return "it ends in .zip"
+    first = model.split("/", 1)[0]
+    if "/" in model and os.path.isdir(first):
+        return f"'{first}/' is a directory here"
+    return None
+
+
+def unpack_zip(zip_path: Path, cache_dir: str) -> Dict[str, str]:
+    """Unpack a pack zip into ``<cache_dir>/<stem>-<size>-<mtime>/`` (once) and return its files.
+
+    The cache entry is trusted only when a previous unpack finished (it writes
+    ``unpacked.json`` last); a zip that fails to unpack (truncated, corrupt, no meta.yaml)
+    raises ``ValueError`` naming it, and its partial entry is removed.  The size and mtime in
+    the name make a zip re-packed at the same path unpack again instead of being served stale.
+    """
+    from espnet2.main_funcs.pack_funcs import unpack
+    from filelock import FileLock
+
+    stat = zip_path.stat()
+    entry = Path(cache_dir) / f"{zip_path.stem}-{stat.st_size}-{stat.st_mtime_ns}"
+    done = entry / "unpacked.json"
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    lock = Path(f"{entry}.lock")
+    with FileLock(str(lock)):
+        if done.is_file():
+            return json.loads(done.read_text())
+        shutil.rmtree(entry, ignore_errors=True)  # an unpack that did not finish
+        try:
+            files = unpack(zip_path.absolute(), entry)
+            missing = [f for f in files.values() if not os.path.exists(f)]
+            if missing:
+                raise FileNotFoundError(f"files named in its meta.yaml are not in it: {missing}")
+        except Exception as e:
+            shutil.rmtree(entry, ignore_errors=True)
+            lock.unlink(missing_ok=True)
+            raise ValueError(
+                f"{zip_path}: cannot unpack this model zip ({type(e).__name__}: {e}); "
+                "copy it again or re-pack it with `espnet2.bin.pack asr`"
+            ) from e
+        done.write_text(json.dumps(files))
+    return files
 
 
 def _best_checkpoint(exp_dir: Path) -> str:

@@ -156,3 +156,14 @@ def test_padded_frames_are_never_routed(trained):
         chosen = routing.probs.gather(1, routing.expert[:, :1]).squeeze(1)
         assert np.allclose(single.gates[0][:, layer], chosen.numpy(), atol=1e-6)
     assert all(1.0 / single.num_experts - 1e-6 <= g.min() and g.max() <= 1.0 + 1e-6 for g in single.gates)
+
+
+@pytest.mark.parametrize("option", ["--max_utts", "--batch_size"])
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_cli_rejects_counts_below_one(option, value, tmp_path, capsys):
+    from espnet_omnirouter.bin.analyze_routing import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--model", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "out"), option, value])
+    assert e.value.code == 2
+    assert f"error: {option} must be >= 1, got {value}" in capsys.readouterr().err

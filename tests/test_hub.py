@@ -1,6 +1,7 @@
 """Pack a tiny trained model and load it back through the one-line loader."""
 import json
 import os
+import re
 import subprocess
 import zipfile
 
@@ -86,3 +87,57 @@ def test_bad_model_argument_errors(tmp_path):
         resolve_model_files(str(tmp_path / "x.txt"))
     with pytest.raises(FileNotFoundError, match="neither meta.yaml"):
         resolve_model_files(str(tmp_path))
+
+
+def test_local_looking_names_are_never_sent_to_the_hub(tmp_path, monkeypatch):
+    from espnet_model_zoo.downloader import ModelDownloader
+
+    from espnet_omnirouter.hub import resolve_model_files
+
+    sent = []
+    monkeypatch.setattr(ModelDownloader, "download_and_unpack", lambda self, name, **kw: sent.append(name) or {})
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "exp").mkdir()
+    for name, why in [
+        ("exp_typo/asr_model.zip", "it ends in .zip"),
+        ("asr_model.ZIP", "it ends in .zip"),
+        ("exp/asr_typo", "'exp/' is a directory here"),
+        ("./exp_typo/asr", "it starts with '.'"),
+        ("~nobody/model", "it starts with '~'"),
+    ]:
+        with pytest.raises(FileNotFoundError, match=rf"^{re.escape(name)}: no such zip or directory \(taken as a local path, not a Hugging Face id: {re.escape(why)}\)"):
+            resolve_model_files(name, cache_dir=str(tmp_path / "cache"))
+    assert sent == []
+    resolve_model_files("owner/name", cache_dir=str(tmp_path / "cache"))  # a hub id still goes there
+    assert sent == ["owner/name"]
+
+
+def files_under(path):
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*")) if path.exists() else []
+
+
+def test_bad_zip_is_named_and_leaves_nothing_in_the_cache(packed, tmp_path):
+    from espnet_omnirouter.hub import resolve_model_files
+
+    _, _, zip_path = packed
+    data = open(zip_path, "rb").read()
+    cache = tmp_path / "cache"
+    truncated = tmp_path / "truncated.zip"
+    truncated.write_bytes(data[: len(data) // 2])
+    # a zip whose directory is intact but whose checkpoint bytes are damaged (extraction
+    # fails part-way, after meta.yaml is out)
+    with zipfile.ZipFile(zip_path) as z:
+        pth = next(i for i in z.infolist() if i.filename.endswith(".pth"))
+        assert z.infolist().index(pth) > [i.filename for i in z.infolist()].index("meta.yaml")
+    damaged = bytearray(data)
+    start = pth.header_offset + 30 + len(pth.filename) + len(pth.extra) + pth.compress_size // 2
+    damaged[start:start + 64] = bytes(64)
+    corrupt = tmp_path / "corrupt.zip"
+    corrupt.write_bytes(bytes(damaged))
+    for bad in (truncated, corrupt, corrupt):  # twice: the second call must not trust the first's leftovers
+        with pytest.raises(ValueError, match=rf"^{re.escape(str(bad))}: cannot unpack this model zip \(BadZipFile: "):
+            resolve_model_files(str(bad), cache_dir=str(cache))
+        assert files_under(cache) == []
+    files = resolve_model_files(zip_path, cache_dir=str(cache))
+    assert os.path.isfile(files["asr_model_file"]) and os.path.isfile(files["asr_train_config"])
+    assert resolve_model_files(zip_path, cache_dir=str(cache)) == files  # the finished unpack is reused

@@ -276,6 +276,38 @@ def test_routing_analysis_stage(recipe, exp):
     assert "Stage 10:" in recipe["second"].stdout
 
 
+def test_stage5_prints_one_line_per_epoch(recipe, exp):
+    """The ASR and LM trainings each show their epochs on the console (train.log holds the rest):
+    losses and, for ASR, accuracy as ESPnet logged them (ESPnet's LM logs no accuracy)."""
+    out = recipe["second"].stdout
+    for name, log in (("ASR", exp / "train.log"), ("LM", recipe["dir"] / LM_EXP / "train.log")):
+        results = next(line for line in log.read_text().splitlines() if "1epoch results" in line)
+        train, valid = re.search(r"\[train\] (.*?) \[valid\] (.*)$", results).groups()
+        m = re.search(rf"^\S+ \(asr\.sh\) \[{name}\] epoch 1/1: train loss (\S+), valid loss ([^,;]+)"
+                      rf"(?:, valid acc (\S+))?; epoch .+, done$", out, re.M)
+        assert m, (name, out)
+        print(f"\n{m.group(0)}")
+        logged = [re.search(rf"(?:^|, ){key}=([^,]+)", text) for key, text in
+                  (("loss", train), ("loss", valid), ("acc", valid))]
+        logged = [float(v.group(1)) if v else None for v in logged]
+        assert [None if v is None else float(v) for v in m.group(1, 2, 3)] == logged
+        assert (logged[2] is not None) == (name == "ASR")
+        assert len(re.findall(rf"\[{name}\] epoch ", out)) == 1
+    assert out.index("[LM] epoch 1/1") < out.index("[ASR] epoch 1/1") < out.index("training finished:")
+
+
+def test_failed_training_fails_stage5_and_names_the_key(recipe, exp):
+    """A training that fails ends the stage with its status and log (the epoch follower does
+    not hang or hide it); here a misspelt encoder_conf key, named with the key meant."""
+    d = recipe["dir"]
+    proc = run(d, ["./run.sh", *COMMON, "--use_lm", "false", "--stage", "5", "--stop_stage", "5",
+                   "--asr_args", "--max_epoch 1 --encoder_conf num_expert=4"], timeout=300)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert re.search(r"ERROR: stage 5 \(training -> .*\) failed: training exited with status 1", proc.stdout)
+    assert "has no key encoder_conf.num_expert (did you mean 'num_experts'?)" in proc.stdout
+    assert "Successfully finished" not in proc.stdout and "[ASR] epoch" not in proc.stdout
+
+
 def test_stage6_decodes_again_without_training(recipe, exp):
     d = recipe["dir"]
     ckpts = {p: p.stat().st_mtime_ns for p in exp.glob("*.pth")}
@@ -397,6 +429,54 @@ def test_stage2_drops_broken_utterances_and_continues(tmp_path):
     assert "<space>" in tokens and "W" in tokens and "B" not in tokens  # BROKEN FILE dropped
 
 
+def cut_short(src: Path, dst: Path, keep: float):
+    """A copy of ``src`` holding only its first ``keep`` share of bytes (header unchanged)."""
+    data = src.read_bytes()
+    dst.write_bytes(data[: int(len(data) * keep)])
+
+
+def test_stage2_drops_truncated_audio(tmp_path):
+    """Files whose header declares more samples than they hold (an interrupted copy) are
+    dropped as truncated_audio, for WAV (libsndfile reads the part that is there) and FLAC
+    (libsndfile fails part-way); intact files, and a streamed WAV whose header declares no
+    length, are kept whole."""
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    write_wav(audio / "a.wav", 2.0, 16000)
+    x, _ = sf.read(str(audio / "a.wav"))
+    sf.write(str(audio / "a.flac"), x, 16000)
+    cut_short(audio / "a.wav", audio / "cut.wav", 0.5)
+    cut_short(audio / "a.flac", audio / "cut.flac", 0.6)
+    streamed = bytearray((audio / "a.wav").read_bytes())  # as ffmpeg writes to a pipe
+    i = streamed.index(b"data")
+    streamed[4:8] = streamed[i + 4:i + 8] = b"\xff\xff\xff\xff"
+    (audio / "streamed.wav").write_bytes(bytes(streamed))
+    entries = [
+        ("utt_wav", str(audio / "a.wav"), "HELLO"),
+        ("utt_flac", str(audio / "a.flac"), "HELLO"),
+        ("utt_streamed", f"cat {audio / 'streamed.wav'} |", "HELLO"),
+        ("utt_cut_wav", str(audio / "cut.wav"), "HELLO"),
+        ("utt_cut_flac", str(audio / "cut.flac"), "HELLO"),
+        ("utt_cut_pipe", f"cat {audio / 'cut.wav'} |", "HELLO"),
+    ]
+    d = handmade_recipe(tmp_path, entries)
+    out = ok(run(d, ["./asr.sh", "--python", PYTHON, "--stage", "2", "--stop_stage", "2",
+                     "--train_set", "handmade", "--valid_set", "handmade", "--test_sets", "",
+                     "--nj", "1"], timeout=120))
+    raw = d / "dump/raw/handmade"
+    dropped = {line.split("\t")[0]: line.split("\t")[1:]
+               for line in (raw / "dropped.txt").read_text().splitlines()}
+    assert sorted(dropped) == ["utt_cut_flac", "utt_cut_pipe", "utt_cut_wav"]
+    for utt, (reason, detail) in dropped.items():
+        assert reason == "truncated_audio", (utt, reason, detail)
+        assert re.search(r"the header declares 32000 frames \(2\.000 s\), only \d+ \(\S+ s\) could be read",
+                         detail), detail
+        assert f"dropping utterance '{utt}': truncated_audio: " in out
+    assert "cut.wav: the header declares" in dropped["utt_cut_wav"][1]
+    assert "[handmade] kept 3 of 6 utterances" in out and "dropped 3: truncated_audio=3" in out
+    assert read_kaldi(raw / "utt2num_samples") == {"utt_flac": "32000", "utt_streamed": "32000", "utt_wav": "32000"}
+
+
 def test_stage2_failure_names_stage_and_log(tmp_path):
     d = handmade_recipe(tmp_path, [("utt_missing", str(tmp_path / "nope.wav"), "HELLO")])
     proc = run(d, ["./asr.sh", "--python", PYTHON, "--stage", "2", "--stop_stage", "8",
@@ -415,3 +495,74 @@ def test_unknown_option_is_rejected(tmp_path):
     proc = run(d, ["./asr.sh", "--python", PYTHON, "--no_such_option", "1"], timeout=60)
     assert proc.returncode == 2
     assert "unknown option --no_such_option" in proc.stdout
+
+
+# every asr.sh option with a type: (option, a wrong value, the start of the error)
+TYPED_OPTIONS = [
+    ("stage", "x", "--stage must be a non-negative integer, got 'x'"),
+    ("stop_stage", "-1", "--stop_stage must be a non-negative integer"),
+    ("ngpu", "1.0", "--ngpu must be a non-negative integer"),
+    ("nj", "0", "--nj must be a positive integer, got '0'"),
+    ("inference_nj", "two", "--inference_nj must be a positive integer"),
+    ("nbpe", "1.5", "--nbpe must be a positive integer"),
+    ("batch_size", "0", "--batch_size must be a positive integer"),
+    ("analysis_max_utts", "-3", "--analysis_max_utts must be a positive integer"),
+    ("asr_speech_fold_length", "8e2", "--asr_speech_fold_length must be a positive integer"),
+    ("asr_text_fold_length", "0", "--asr_text_fold_length must be a positive integer"),
+    ("min_wav_duration", "abc", "--min_wav_duration must be a number of seconds >= 0, got 'abc'"),
+    ("max_wav_duration", "-1", "--max_wav_duration must be a number of seconds >= 0"),
+    ("bpe_char_cover", "1.5", "--bpe_char_cover must be a number in (0, 1], got '1.5'"),
+    ("bpe_char_cover", "0", "--bpe_char_cover must be a number in (0, 1]"),
+    ("token_type", "word", "--token_type must be bpe or char, got 'word'"),
+    ("bpemode", "word", "--bpemode must be unigram or bpe, got 'word'"),
+    ("gpu_inference", "yes", "--gpu_inference must be true or false, got 'yes'"),
+    ("dry_run", "1", "--dry_run must be true or false"),
+    ("use_lm", "maybe", "--use_lm must be true or false"),
+    ("fs", "16x", "--fs must be a positive whole sampling rate"),
+    ("fs", "0", "--fs must be a positive whole sampling rate"),
+    ("fs", "16000.5", "--fs must be a positive whole sampling rate"),
+]
+
+
+def test_every_typed_option_of_asr_sh_is_tested():
+    """Options whose default is a number or true/false, and those with a fixed set of values."""
+    text = (TEMPLATE / "asr.sh").read_text()
+    options = re.search(r"_options=\((.*?)\)", text, re.S).group(1).split()
+    defaults = dict(re.findall(r"^(\w+)=(\S*)", text, re.M))
+    typed = {o for o in options if re.fullmatch(r"[0-9.]+|true|false", defaults[o])}
+    typed |= {"nj", "inference_nj", "fs", "token_type", "bpemode"}  # defaults computed or words
+    assert typed == {o for o, _, _ in TYPED_OPTIONS}
+
+
+@pytest.mark.parametrize("option, value, message", TYPED_OPTIONS, ids=[f"{o}={v}" for o, v, _ in TYPED_OPTIONS])
+def test_wrong_typed_option_is_named(tmp_path, option, value, message):
+    d = handmade_recipe(tmp_path, [])
+    proc = run(d, ["./asr.sh", "--python", PYTHON, "--stage", "0", "--stop_stage", "0", f"--{option}", value],
+               timeout=60)
+    assert proc.returncode == 2, proc.stdout
+    assert f"ERROR: {message}" in proc.stdout
+
+
+def test_duration_limits_must_be_ordered(tmp_path):
+    d = handmade_recipe(tmp_path, [])
+    proc = run(d, ["./asr.sh", "--python", PYTHON, "--stage", "0", "--stop_stage", "0",
+                   "--min_wav_duration", "5", "--max_wav_duration", "2.5"], timeout=60)
+    assert proc.returncode == 2
+    assert "ERROR: --min_wav_duration 5 must not exceed --max_wav_duration 2.5" in proc.stdout
+    ok(run(d, ["./asr.sh", "--python", PYTHON, "--stage", "0", "--stop_stage", "0", "--min_wav_duration", "1e-1",
+               "--max_wav_duration", ".5", "--fs", "8k", "--bpe_char_cover", "0.9995"], timeout=60))
+
+
+def test_model_card_reads_null_moe_keys_as_their_defaults():
+    """encoder_conf may give moe_macaron and router_groups as null (their defaults)."""
+    sys.path.insert(0, str(TEMPLATE / "pyscripts"))
+    import make_model_card
+
+    def card(**conf):
+        return "\n".join(make_model_card.architecture({"encoder": "omni_router_conformer", "encoder_conf": conf}))
+
+    assert "macaron FFNs included" in card(macaron_style=True, moe_macaron=None)
+    assert "macaron FFNs included" in card(macaron_style=True)
+    assert "macaron FFNs included" not in card(macaron_style=True, moe_macaron=False)
+    assert "macaron FFNs included" not in card(macaron_style=False)
+    assert "share 1 router(s)" in card(router_groups=None) and "share 3 router(s)" in card(router_groups=3)

@@ -178,3 +178,35 @@ def test_normalize_rules():
     assert n("Too short") is None
     assert n(" ".join(["word"] * 21)) is None
     assert n("hello   world, this is fine") == "HELLO WORLD THIS IS FINE"
+
+
+# every option of local/data.sh with a type: (option, wrong values, the error)
+BAD_OPTIONS = [
+    ("--train_hours", ["0", "-1", "inf", "nan"], "must be > 0"),
+    ("--train_hours", ["x"], "invalid float value"),
+    ("--dev_utts", ["0", "-5"], "must be >= 1"),
+    ("--dev_utts", ["2.5"], "invalid int value"),
+    ("--test_utts", ["0"], "must be >= 1"),
+    ("--top_words", ["-1"], "must be >= 0"),
+    ("--top_words", ["all"], "invalid int value"),
+    ("--seed", ["1.5"], "invalid int value"),
+    ("--nj", ["0"], "must be >= 1"),
+]
+
+
+def test_every_typed_option_is_tested():
+    import synth_corpus
+
+    typed = {a.option_strings[0] for a in synth_corpus.build_parser()._actions if a.type is not None}
+    assert typed == {o for o, _, _ in BAD_OPTIONS}
+
+
+@pytest.mark.parametrize("option, values, message", BAD_OPTIONS, ids=[f"{o}-{m}" for o, _, m in BAD_OPTIONS])
+def test_bad_option_value_is_named(option, values, message, capsys):
+    import synth_corpus
+
+    for value in values:
+        with pytest.raises(SystemExit) as e:
+            synth_corpus.parse_args([option, value])
+        assert e.value.code == 2
+        assert f"argument {option}: {message}" in capsys.readouterr().err

@@ -3,6 +3,7 @@ import glob
 import os
 import re
 import socket
+import sys
 
 import pytest
 import torch
@@ -39,6 +40,32 @@ def test_training_log_has_aux_losses_and_usage_stats(trained):
         expected = value["loss_asr"] + 4 * (0.01 * value["moe_lb_loss"] + 0.001 * value["moe_z_loss"])
         assert abs(value["loss"] - expected) < 2e-3, (value, expected)
     assert os.path.exists(os.path.join(exp, "2epoch.pth"))
+
+
+def epoch_lines(log):
+    """The console lines asr.sh's train_progress.py makes of a training log."""
+    sys.path.insert(0, os.path.join(ROOT, "egs2", "TEMPLATE", "asr1", "pyscripts"))
+    import train_progress
+
+    progress = train_progress.Progress("ASR")
+    return [line for line in map(progress.feed, log.splitlines()) if line]
+
+
+def test_progress_lines_of_a_two_epoch_log(trained):
+    _, _, log = trained
+    lines = epoch_lines(log)
+    assert len(lines) == 2, lines
+    for epoch, line in enumerate(lines, 1):
+        results = next(l for l in log.splitlines() if f"{epoch}epoch results" in l)
+        loss = {p: float(re.search(rf"\[{p}\] (?:.*?, )?loss=([-0-9.e+]+)", results).group(1)) for p in ("train", "valid")}
+        acc = float(re.search(r"\[valid\] .*?\bacc=([-0-9.e+]+)", results).group(1))
+        m = re.match(rf"^\[ASR\] epoch {epoch}/2: train loss (\S+), valid loss (\S+), valid acc (\S+); epoch .+, (.+)$", line)
+        assert m, line
+        assert [float(v) for v in m.group(1, 2, 3)] == [loss["train"], loss["valid"], acc]
+        if epoch == 2:
+            assert m.group(4) == "done"
+        else:
+            assert re.fullmatch(r"about .+ left", m.group(4)), line
 
 
 def test_checkpoint_reloads_strictly(trained):
@@ -106,3 +133,4 @@ def test_ddp_two_cpu_processes_with_idle_experts(tmp_path):
     assert os.path.exists(os.path.join(exp, "1epoch.pth"))
     line = next(l for l in log.splitlines() if "1epoch results" in l)
     assert "moe_lb_loss=" in line
+    assert [l.split(":")[0] for l in epoch_lines(log)] == ["[ASR] epoch 1/1"]  # rank 0's line only

@@ -43,10 +43,13 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.max_utts is not None and args.max_utts < 1:
-        raise SystemExit("--max_utts must be >= 1")
+    for name in ("max_utts", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name} must be >= 1, got {value}")
     warnings.filterwarnings("ignore", category=FutureWarning)
     from espnet_omnirouter.analysis import analyze
 

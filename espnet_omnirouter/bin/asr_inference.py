@@ -2,7 +2,8 @@
 
 Every option of ``espnet2.bin.asr_inference`` works unchanged; ``--roe_samples K`` (K > 1)
 turns on RoE hyper-parallel inference (see ``espnet_omnirouter.inference.roe``).  The
-options can also be keys of the ``--config`` decode YAML.
+options can also be keys of the ``--config`` decode YAML.  They are checked (type and range,
+see ``RoEConfig``) before the model loads; a bad one ends in an argparse error naming it.
 """
 import sys
 
@@ -11,6 +12,7 @@ from espnet2.bin import asr_inference
 from espnet2.utils.types import str2bool
 from espnet.utils.cli_utils import get_commandline_args
 
+from espnet_omnirouter.inference.roe import RoEConfig
 from espnet_omnirouter.inference.speech2text import espnet_speech2text_class, roe_speech2text_class
 
 
@@ -34,10 +36,15 @@ def get_parser():
 
 def main(cmd=None):
     print(get_commandline_args(), file=sys.stderr)
-    args = get_parser().parse_args(cmd)
+    parser = get_parser()
+    args = parser.parse_args(cmd)
     kwargs = vars(args)
     kwargs.pop("config", None)
     roe = {key: kwargs.pop(key) for key in list(kwargs) if key.startswith("roe_")}
+    try:  # before the model loads: also the values of a --config YAML, which argparse does not check
+        RoEConfig(**{key[len("roe_"):]: value for key, value in roe.items()})
+    except (TypeError, ValueError) as e:
+        parser.error(str(e))
     with espnet_speech2text_class(roe_speech2text_class(**roe)):
         asr_inference.inference(**kwargs)
 

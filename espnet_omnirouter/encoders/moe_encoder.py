@@ -13,6 +13,7 @@ from espnet.nets.pytorch_backend.transformer.positionwise_feed_forward import (
     PositionwiseFeedForward,
 )
 
+from espnet_omnirouter.config_check import check_known_keys, typechecked_conf
 from espnet_omnirouter.moe import Experts, LayerRouting, MoEFeedForward, Padding, Router
 from espnet_omnirouter.signature import publish_signature
 
@@ -67,13 +68,19 @@ class MoEEncoderMixin:
         top_k: experts per frame (1 = Switch routing).
         router_jitter: multiplicative router-input jitter at training time (0 = off).
         capacity_factor: None = dropless (default); else expert capacity at training time.
-        moe_macaron: also convert the macaron FFN of Conformer blocks.
+        moe_macaron: Conformer only: also convert the macaron FFN of the blocks (None, the
+            default: when the blocks have one, i.e. with ``macaron_style: true``).
         router_groups: Omni-router only: number of routers shared by consecutive groups of
             MoE FFNs (1 = one router for all, the paper's Omni-router).
+
+    Every key is type-checked (:mod:`espnet_omnirouter.config_check`: the error names
+    ``encoder_conf.<key>``), and a key that neither we nor the ESPnet encoder take is
+    rejected with the closest valid key before ESPnet's constructor runs.
     """
 
     shared_router = False  # Switch: each MoE FFN owns its router
 
+    @typechecked_conf("encoder_conf")
     def __init__(
         self,
         input_size: int,
@@ -82,10 +89,21 @@ class MoEEncoderMixin:
         top_k: int = 1,
         router_jitter: float = 0.0,
         capacity_factor: Optional[float] = None,
-        moe_macaron: bool = True,
+        moe_macaron: Optional[bool] = None,
         router_groups: Optional[int] = None,
         **encoder_kwargs,
     ):
+        published = inspect.signature(type(self)).parameters
+        if router_groups is not None and "router_groups" not in published:
+            raise ValueError(
+                "encoder_conf.router_groups is for omni_router_* encoders; switch_* encoders have one router per MoE FFN"
+            )
+        if moe_macaron is not None and "moe_macaron" not in published:
+            raise ValueError(
+                f"encoder_conf.moe_macaron is for *_conformer encoders: a {type(self).__name__} block "
+                "has no macaron FFN (remove the key)"
+            )
+        check_known_keys("encoder_conf", type(self), encoder_kwargs)
         if num_experts < 1:
             raise ValueError(f"encoder_conf.num_experts must be >= 1, got {num_experts}")
         if not 1 <= top_k <= num_experts:
@@ -104,9 +122,14 @@ class MoEEncoderMixin:
             raise ValueError(
                 f"encoder_conf.moe_layers must be distinct block indices in [0, {len(blocks) - 1}], got {moe_layers}"
             )
+        if moe_macaron and getattr(blocks[0], _MACARON_FFN, None) is None:
+            raise ValueError(
+                "encoder_conf.moe_macaron: true needs macaron_style: true (without it the blocks have "
+                "no macaron FFN to convert)"
+            )
         names = []  # qualified names of the MoE FFNs, in execution order
         for i in sorted(moe_layers):
-            attrs = [_MACARON_FFN, _FFN] if moe_macaron else [_FFN]
+            attrs = [_FFN] if moe_macaron is False else [_MACARON_FFN, _FFN]
             names += [f"encoders.{i}.{a}" for a in attrs if getattr(blocks[i], a, None) is not None]
         if not names:
             raise ValueError("encoder_conf.moe_layers selects no feed-forward module to convert")
@@ -117,10 +140,6 @@ class MoEEncoderMixin:
                 raise ValueError(
                     f"encoder_conf.router_groups must divide the {len(names)} MoE FFNs, got {router_groups}"
                 )
-        elif router_groups is not None:
-            raise ValueError(
-                "encoder_conf.router_groups is for omni_router_* encoders; switch_* encoders have one router per MoE FFN"
-            )
         else:
             groups = len(names)
 

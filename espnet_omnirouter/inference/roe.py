@@ -9,11 +9,14 @@ Sampling ``argmax(logits + tau * G)`` with ``G ~ Gumbel(0, 1)`` draws expert ``e
 probability ``softmax(logits / tau)[e]``.  Gates stay the clean softmax probabilities.
 """
 import contextlib
-from dataclasses import dataclass, field
+import math
+import typing
+from dataclasses import dataclass, field, fields
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
+from espnet_omnirouter.config_check import check_value
 from espnet_omnirouter.encoders.moe_encoder import MoEEncoderMixin
 
 
@@ -38,18 +41,30 @@ class RoEConfig:
     shared_noise: bool = False
     seed: int = 0
 
-    def check(self, num_moe: int) -> None:
+    def __post_init__(self):
+        """Check every option, also when RoE is off (``samples`` 1): types as
+        :mod:`espnet_omnirouter.config_check` checks them, then ranges; errors name the
+        ``roe_*`` option."""
+        hints = typing.get_type_hints(RoEConfig)
+        for f in fields(self):
+            check_value(f"roe_{f.name}", getattr(self, f.name), hints[f.name])
         if self.samples < 1:
-            raise ValueError(f"roe_samples must be >= 1, got {self.samples}")
+            raise ValueError(f"roe_samples must be >= 1 (1 = RoE off), got {self.samples}")
+        if self.clean_layers < 0:
+            raise ValueError(f"roe_clean_layers must be >= 0, got {self.clean_layers}")
+        taus = [self.tau] if isinstance(self.tau, (int, float)) else list(self.tau)
+        if not taus or any(not math.isfinite(t) or t < 0 for t in taus):
+            raise ValueError(f"roe_tau must be finite and >= 0 (one value or one per MoE FFN), got {self.tau}")
         if self.aggregate not in ("prob", "logprob"):
             raise ValueError(f"roe_aggregate must be 'prob' or 'logprob', got {self.aggregate!r}")
-        if not (0 <= self.clean_layers and 2 * self.clean_layers < num_moe):
+
+    def check(self, num_moe: int) -> None:
+        """Check the options against an encoder with ``num_moe`` MoE FFNs."""
+        if 2 * self.clean_layers >= num_moe:
             raise ValueError(
                 f"roe_clean_layers must leave a noisy MoE FFN: 0 <= 2 * clean_layers < {num_moe}, got {self.clean_layers}"
             )
-        taus = self.taus(num_moe)
-        if any(t < 0 for t in taus):
-            raise ValueError(f"roe_tau must be >= 0, got {self.tau}")
+        self.taus(num_moe)
 
     def taus(self, num_moe: int) -> List[float]:
         """Temperature of each MoE FFN (0 for the clean ones)."""

@@ -11,6 +11,7 @@
 #   5. train       asr_train                                  -> ${expdir}/asr_${asr_tag}/
 #                  with --use_lm true first an LM on the training transcripts (lm_train)
 #                                                             -> ${expdir}/lm_${lm_tag}/
+#                  the console shows one line per epoch (loss, accuracy, time left) from train.log
 #   6. decode      asr_inference over ${inference_nj} jobs    -> .../<decode_tag>/<test_set>/text, rtf.txt
 #                  (with --use_lm true: shallow fusion with that LM, weight lm_weight of the decode config)
 #   7. score       WER/CER with jiwer                         -> .../score_{wer,cer}/result.txt, RESULTS.md
@@ -171,12 +172,35 @@ done
 # ---------------------------------------------------------------------------------------------
 # Checks and derived names
 # ---------------------------------------------------------------------------------------------
-for _o in stage stop_stage ngpu nj inference_nj nbpe batch_size analysis_max_utts; do
+for _o in stage stop_stage ngpu; do
     if ! [[ "${!_o}" =~ ^[0-9]+$ ]]; then
         err "--${_o} must be a non-negative integer, got '${!_o}'"
         exit 2
     fi
 done
+for _o in nj inference_nj nbpe batch_size analysis_max_utts asr_speech_fold_length asr_text_fold_length; do
+    if ! [[ "${!_o}" =~ ^0*[1-9][0-9]*$ ]]; then
+        err "--${_o} must be a positive integer, got '${!_o}'"
+        exit 2
+    fi
+done
+_is_number() {  # a non-negative decimal number (1, 0.5, .5, 1e-3)
+    [[ "$1" =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$ ]]
+}
+for _o in min_wav_duration max_wav_duration; do
+    if ! _is_number "${!_o}"; then
+        err "--${_o} must be a number of seconds >= 0, got '${!_o}'"
+        exit 2
+    fi
+done
+if awk -v a="${min_wav_duration}" -v b="${max_wav_duration}" 'BEGIN { exit !(a > b) }'; then
+    err "--min_wav_duration ${min_wav_duration} must not exceed --max_wav_duration ${max_wav_duration}"
+    exit 2
+fi
+if ! _is_number "${bpe_char_cover}" || awk -v c="${bpe_char_cover}" 'BEGIN { exit !(c <= 0 || c > 1) }'; then
+    err "--bpe_char_cover must be a number in (0, 1], got '${bpe_char_cover}'"
+    exit 2
+fi
 for _o in gpu_inference dry_run use_lm; do
     case "${!_o}" in
         true | false) ;;
@@ -186,8 +210,21 @@ for _o in gpu_inference dry_run use_lm; do
             ;;
     esac
 done
-[ "${nj}" -ge 1 ] || nj=1
-[ "${inference_nj}" -ge 1 ] || inference_nj=1
+
+case "${token_type}" in
+    bpe | char) ;;
+    *)
+        err "--token_type must be bpe or char, got '${token_type}'"
+        exit 2
+        ;;
+esac
+case "${bpemode}" in
+    unigram | bpe) ;;
+    *)
+        err "--bpemode must be unigram or bpe, got '${bpemode}'"
+        exit 2
+        ;;
+esac
 
 if ! command -v "${python}" >/dev/null 2>&1; then
     err "--python ${python}: not found"
@@ -220,14 +257,6 @@ if [ "${stage}" -le 10 ] && [ "${stop_stage}" -ge 4 ] && [ -z "${asr_config}" ] 
     err "--asr_config (or --asr_exp) is required for stages 4-10"
     exit 2
 fi
-
-case "${token_type}" in
-    bpe | char) ;;
-    *)
-        err "--token_type must be bpe or char, got '${token_type}'"
-        exit 2
-        ;;
-esac
 
 # the helper scripts sit next to the real asr.sh (the recipe usually links asr.sh here)
 _self="$(readlink -f "${BASH_SOURCE[0]}")"
@@ -282,8 +311,13 @@ if [ -z "${lm_exp}" ]; then
 fi
 lm_stats_dir=${expdir}/lm_stats_${token_tag}
 
-_fs_hz=$("${python}" -c "v='${fs}'.lower(); print(int(float(v[:-1])*1000) if v.endswith('k') else int(float(v)))") || {
-    err "--fs '${fs}' is not a sampling rate"
+_fs_hz=$("${python}" -c '
+import sys
+v = sys.argv[1].strip().lower()
+hz = float(v[:-1]) * 1000 if v.endswith("k") else float(v)
+assert 0 < hz == int(hz)
+print(int(hz))' "${fs}" 2>/dev/null) || {
+    err "--fs must be a positive whole sampling rate in Hz (16000) or kHz (16k), got '${fs}'"
     exit 2
 }
 
@@ -328,21 +362,35 @@ _fail() {  # description log rc command...
     exit 1
 }
 
-# run_logged <description> <log> command...: output only to the log
+# run_logged [--progress <name>] <description> <log> command...: output only to the log.
+# With --progress (ESPnet trainings), pyscripts/train_progress.py prints one console line per
+# epoch read from the growing log; it stops at the "# finished/failed at" line written here (or
+# when this shell is gone), and the command's status alone decides the stage.
 run_logged() {
-    local desc=$1 logf=$2 rc=0
+    local progress="" follower="" rc=0
+    if [ "$1" = --progress ]; then
+        progress=$2
+        shift 2
+    fi
+    local desc=$1 logf=$2
     shift 2
     mkdir -p "$(dirname "${logf}")"
     {
         echo "# $*"
         echo "# started at $(date)"
     } >"${logf}"
+    if [ -n "${progress}" ]; then
+        "${python}" "${pyscripts}/train_progress.py" --log "${logf}" --pid $$ --name "${progress}" &
+        follower=$!
+    fi
     "$@" >>"${logf}" 2>&1 || rc=$?
     if [ "${rc}" -ne 0 ]; then
         echo "# failed at $(date) with status ${rc}" >>"${logf}"
+        [ -z "${follower}" ] || wait "${follower}" || true
         _fail "${desc}" "${logf}" "${rc}" "$@"
     fi
     echo "# finished at $(date)" >>"${logf}"
+    [ -z "${follower}" ] || wait "${follower}" || true
 }
 
 # run_tee <description> <log> command...: output to the console and the log
@@ -576,7 +624,7 @@ _train_lm() {
     done
     mkdir -p "${lm_exp}"
     # shellcheck disable=SC2086
-    run_logged "LM training" "${lm_exp}/train.log" \
+    run_logged --progress LM "LM training" "${lm_exp}/train.log" \
         "${python}" -m espnet2.bin.lm_train \
         --use_preprocessor true "${_token_opts[@]}" \
         --train_data_path_and_name_and_type "${data_feats}/${train_set}/text,text,text" \
@@ -585,7 +633,7 @@ _train_lm() {
         --valid_shape_file "${lm_stats_dir}/valid/text_shape.${token_type}" \
         --fold_length "${asr_text_fold_length}" --resume true --ngpu "$((ngpu > 0 ? 1 : 0))" \
         --output_dir "${lm_exp}" --config "${lm_config}" ${lm_args}
-    log "language model finished: ${lm_exp} ($(grep -o 'valid.loss=[0-9.]*' "${lm_exp}/train.log" | tail -n 1))"
+    log "language model finished: ${lm_exp}"
 }
 
 if _run_stage 5; then
@@ -616,7 +664,7 @@ if _run_stage 5; then
     fi
     mkdir -p "${asr_exp}"
     # shellcheck disable=SC2086
-    run_logged "training" "${asr_exp}/train.log" \
+    run_logged --progress ASR "training" "${asr_exp}/train.log" \
         "${python}" -m espnet_omnirouter.bin.asr_train \
         --use_preprocessor true "${_token_opts[@]}" \
         --train_data_path_and_name_and_type "${data_feats}/${train_set}/wav.scp,speech,sound" \

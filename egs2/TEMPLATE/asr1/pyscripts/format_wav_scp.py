@@ -12,6 +12,8 @@ An utterance is dropped, with one ``WARNING`` line naming it and the reason, whe
   * it has no transcript line or an empty transcript (``no_transcript``, ``empty_transcript``),
   * its audio file does not exist (``missing_audio``),
   * its audio cannot be decoded or holds non-finite samples (``unreadable_audio``),
+  * its audio holds fewer frames than its header declares: a file cut short, e.g. by an
+    interrupted copy (``truncated_audio``; see audio_length.py),
   * its audio has no samples (``empty_audio``),
   * it is shorter than --min_dur or longer than --max_dur seconds (``too_short``, ``too_long``);
     these two limits are only applied when given (asr.sh gives them for train/valid sets only).
@@ -33,11 +35,14 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
+from audio_length import declared_frames, declared_wav_frames
+
 REASONS = (
     "no_transcript",
     "empty_transcript",
     "missing_audio",
     "unreadable_audio",
+    "truncated_audio",
     "empty_audio",
     "too_short",
     "too_long",
@@ -80,17 +85,44 @@ def load_audio(src):
                 f"command '{cmd}' exited with {proc.returncode}"
                 + (f": {err[-1]}" if err else ""),
             )
-        try:
-            data, rate = sf.read(io.BytesIO(proc.stdout), dtype="float32", always_2d=True)
-        except Exception as e:  # libsndfile raises various types
-            raise AudioError("unreadable_audio", f"output of '{cmd}' is not audio: {e}")
-        return data, rate
+        return read_whole(io.BytesIO(proc.stdout), f"output of '{cmd}'")
     if not os.path.exists(src):
         raise AudioError("missing_audio", f"audio file not found: {src}")
+    with open(src, "rb") as f:
+        return read_whole(f, src)
+
+
+def read_whole(f, name, block=4096):
+    """Decode the sound file ``f`` -> (samples [n, ch] float32, rate); ``truncated_audio`` when
+    fewer frames can be read than its header declares (a file cut short: libsndfile returns
+    the part that is there, or fails part-way, as FLAC does), ``unreadable_audio`` otherwise."""
+    wav_frames = declared_wav_frames(f)
     try:
-        data, rate = sf.read(src, dtype="float32", always_2d=True)
-    except Exception as e:
-        raise AudioError("unreadable_audio", f"cannot decode {src}: {type(e).__name__}: {e}")
+        sound = sf.SoundFile(f)
+    except Exception as e:  # libsndfile raises various types
+        raise AudioError("unreadable_audio", f"cannot decode {name}: {type(e).__name__}: {e}")
+    with sound:
+        declared = declared_frames(wav_frames, sound.frames)
+        parts, error = [], None
+        try:
+            while True:
+                part = sound.read(block, dtype="float32", always_2d=True)
+                parts.append(part)
+                if len(part) < block:
+                    break
+        except Exception as e:
+            error = f"{type(e).__name__}: {e}"
+        data = np.concatenate(parts) if parts else np.zeros((0, sound.channels), np.float32)
+        rate = sound.samplerate
+    if declared is not None and len(data) < declared:
+        raise AudioError(
+            "truncated_audio",
+            f"{name}: the header declares {declared} frames ({declared / rate:.3f} s), "
+            f"only {len(data)} ({len(data) / rate:.3f} s) could be read"
+            + (f" ({error})" if error else "; the file was cut short"),
+        )
+    if error:
+        raise AudioError("unreadable_audio", f"cannot decode {name}: {error}")
     return data, rate
 
 

@@ -36,8 +36,8 @@ def architecture(config: dict) -> list:
     if enc in ROUTING:
         lines += [
             f"- Mixture of Experts: {conf.get('num_experts', 8)} experts per MoE FFN, top-{conf.get('top_k', 1)} routing"
-            f"{', macaron FFNs included' if conf.get('moe_macaron', True) and conf.get('macaron_style') else ''}",
-            f"- router sharing: {ROUTING[enc].format(groups=conf.get('router_groups', 1))}",
+            f"{', macaron FFNs included' if conf.get('moe_macaron') is not False and conf.get('macaron_style') else ''}",
+            f"- router sharing: {ROUTING[enc].format(groups=conf.get('router_groups') or 1)}",
             f"- capacity factor: {conf.get('capacity_factor') or 'none (dropless)'}",
         ]
     else:

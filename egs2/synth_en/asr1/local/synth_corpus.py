@@ -474,18 +474,33 @@ def read_wav_scp(split):
 
 
 # ---------------------------------------------------------------------------------------------
-def parse_args(argv):
+def at_least(kind, low, strict=False):
+    """An argparse type: ``kind`` (int or float) >= low (> low with ``strict``), said in its error."""
+    def convert(text):
+        value = kind(text)  # ValueError: argparse says "invalid <name> value"
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low}, got {text}")
+        return value
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--train_hours", type=float, default=4.0)
-    p.add_argument("--dev_utts", type=int, default=300)
-    p.add_argument("--test_utts", type=int, default=200, help="utterances per synthetic test split")
-    p.add_argument("--top_words", type=int, default=1000,
+    p.add_argument("--train_hours", type=at_least(float, 0, strict=True), default=4.0)
+    p.add_argument("--dev_utts", type=at_least(int, 1), default=300)
+    p.add_argument("--test_utts", type=at_least(int, 1), default=200, help="utterances per synthetic test split")
+    p.add_argument("--top_words", type=at_least(int, 0), default=1000,
                    help="keep sentences whose words are all among the N most frequent (0: all)")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--nj", type=int, default=2)
+    p.add_argument("--nj", type=at_least(int, 1), default=2)
     p.add_argument("--datadir", default="downloads/synth_en", help="where the wavs go")
     p.add_argument("--force", action="store_true", help="regenerate even if a matching run is done")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv):
+    return build_parser().parse_args(argv)
 
 
 def main(argv=None):
@@ -570,7 +585,7 @@ def main(argv=None):
 
     results = {s: [] for s in SPLITS if s != "test_real"}  # split -> list of (item, dur)
     ctx = mp.get_context("fork")
-    with ctx.Pool(max(1, args.nj)) as pool:
+    with ctx.Pool(args.nj) as pool:
         t1 = time.time()
         durs = synthesize(pool, fixed)
         for it, d in zip(fixed, durs):
