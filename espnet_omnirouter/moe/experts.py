@@ -41,9 +41,9 @@ IMPLS = ("auto", "grouped_mm", "loop", "padded")
 # assignments per MoE FFN, and the per-slice loop above it (benchmarks/encoder_infer.py:
 # batch 1 at 2-20 s is 50-500 frames after 4x subsampling; batch 8 x 10 s is 2,000).
 PADDED_MAX_ROWS = 1024
-# Fixed cost of one run of the padded path (two baddbmm and an activation call, ~20 us on
+# Fixed cost of one run of the padded path (two baddbmm and an activation call: ~100 us on
 # a 2-core CPU), in FLOPs of padding rows that it is worth to skip: see padded_runs.
-PADDED_RUN_COST_FLOP = 3e6
+PADDED_RUN_COST_FLOP = 2e7
 
 
 def grouped_mm_supported(x: torch.Tensor, hidden: int, dtype: Optional[torch.dtype] = None) -> bool:
