@@ -70,6 +70,22 @@ def test_installed_hook_is_on_at_startup_and_loads_nothing_heavy(installed_wheel
     assert "_Finder" not in off["finders"] and off["loaded"] == []
 
 
+def test_importing_our_package_first_still_works_with_the_hook(installed_wheel):
+    """Our entry points import espnet_omnirouter, whose registry imports espnet2.tasks.asr: the
+    hook then meets our package half imported and must leave the registration to it (no
+    warning, no error)."""
+    script = (
+        "import json, espnet_omnirouter, espnet2.tasks.asr as asr; "
+        "print(json.dumps({'loader': type(asr.__loader__).__name__, "
+        "'encoders': sorted(k for k in asr.encoder_choices.classes if k.startswith(('switch_', 'omni_router_')))}))"
+    )
+    out = subprocess.run([installed_wheel["python"], "-W", "error::RuntimeWarning", "-c", script],
+                         capture_output=True, text=True, cwd=installed_wheel["cwd"], env=installed_wheel["env"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"loader": "_RegisteringLoader", "encoders": ENCODERS}
+
+
 def editable_venv(venv, *pip_options):
     """The checkout installed editable (``pip install <pip_options> -e``) into a throw-away venv;
     checks that the hook's .pth is in its site-packages and is loaded from the checkout at
