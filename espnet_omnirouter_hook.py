@@ -26,16 +26,22 @@ def disabled() -> bool:
 
 
 def register() -> None:
-    """Import espnet_omnirouter (its import registers; idempotent).
+    """Import espnet_omnirouter (its import registers) and register again if it was imported before.
 
-    When the import of ``espnet2.tasks.asr`` came from espnet_omnirouter itself (its
-    registry imports the task), the package is already in ``sys.modules``, half
-    initialised; Python returns it as it is and the package's own import finishes the
-    registration.  A failure of our package must not break ESPnet for users of its own
-    encoders: it is reported as a warning that names the cause and the switch.
+    Registering again covers a task module executed anew (``importlib.reload``: fresh class
+    choices, our package long imported).  When the import of ``espnet2.tasks.asr`` came from
+    espnet_omnirouter itself (its registry imports the task first thing), the package is in
+    ``sys.modules`` half initialised and its registry has no ``register`` yet: the package's
+    own import then finishes the registration.  A failure of our package must not break
+    ESPnet for users of its own encoders: it is reported as a warning that names the cause
+    and the switch.
     """
     try:
         import espnet_omnirouter  # noqa: F401
+
+        registry = sys.modules.get("espnet_omnirouter.registry")
+        if hasattr(registry, "register"):
+            registry.register()  # idempotent
     except Exception as exc:  # noqa: BLE001  (reported, not hidden)
         import warnings
 

@@ -177,6 +177,25 @@ def test_a_failing_registration_warns_and_keeps_the_target(stand_in, monkeypatch
     assert stand_in_asr_task.VALUE == 42  # ESPnet itself keeps working
 
 
+def test_registers_again_when_the_target_runs_again_but_not_while_our_registry_imports(stand_in, monkeypatch):
+    """``importlib.reload`` of the task makes fresh class choices: the registry registers again.
+    A registry still being imported (it imports the task on its first line) has no ``register``
+    yet and is left to finish on its own."""
+    import importlib
+
+    calls = []
+    monkeypatch.setattr(hook, "register", REAL_REGISTER)
+    monkeypatch.setitem(sys.modules, "espnet_omnirouter", types.ModuleType("espnet_omnirouter"))
+    monkeypatch.setitem(sys.modules, "espnet_omnirouter.registry", types.SimpleNamespace(register=lambda: calls.append(1)))
+    import stand_in_asr_task
+
+    importlib.reload(stand_in_asr_task)
+    assert calls == [1, 1]
+    monkeypatch.setitem(sys.modules, "espnet_omnirouter.registry", types.SimpleNamespace())  # half imported
+    importlib.reload(stand_in_asr_task)
+    assert calls == [1, 1]
+
+
 def test_install_when_the_target_is_already_imported_and_the_switch(stand_in, monkeypatch):
     monkeypatch.setattr(sys, "meta_path", [f for f in sys.meta_path if not isinstance(f, hook._Finder)])
     monkeypatch.setitem(sys.modules, "stand_in_asr_task", types.SimpleNamespace(VALUE=1))
