@@ -9,8 +9,9 @@ model to its class choices.  So ESPnet's own entry points (``python -m espnet2.b
 any import of ours in user code.
 
 This module must stay cheap: it imports only ``os`` and ``sys`` (already loaded by
-``site``), never ESPnet or torch, so a Python process that never imports ESPnet pays
-nothing measurable.  ``ESPNET_OMNIROUTER_NO_HOOK=1`` (any value but empty or ``0``) turns
+``site``), never ESPnet or torch, so a Python process that never imports ESPnet pays only
+for importing this small module at start-up (``benchmarks/startup_hook.py`` measures it).
+``ESPNET_OMNIROUTER_NO_HOOK=1`` (any value but empty or ``0``) turns
 the hook off; then only an explicit ``import espnet_omnirouter`` registers.
 """
 import os
