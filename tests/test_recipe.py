@@ -263,7 +263,11 @@ def test_upload_dry_run_writes_card_and_folder(recipe, exp):
     results = (exp / "RESULTS.md").read_text().strip()
     assert results in card  # the card's tables are RESULTS.md's
     usage = card.split("## Usage")[1]
-    assert usage.index("pip install espnet_omnirouter") < usage.index("import espnet_omnirouter")
+    # ESPnet's own zoo loader, with nothing of ours imported before it: the installed hook registers
+    zoo = usage.index('Speech2Text.from_pretrained("demo-user/synth-omni")')
+    assert usage.index("pip install espnet_omnirouter") < zoo
+    assert "import espnet_omnirouter" not in usage[:zoo]
+    assert 'load_speech2text("demo-user/synth-omni")' in usage
     assert "encoder: `omni_router_conformer`" in card
     assert "all MoE FFNs share 1 router(s)" in card and "4 experts per MoE FFN" in card
     assert "dry run: model folder and card ready" in recipe["second"].stdout

@@ -35,7 +35,7 @@ def write_data(path, num_utts=16, seed=0):
 
 
 def train_args(data, config, output_dir, *extra):
-    """Arguments of ``espnet_omnirouter.bin.asr_train`` for the tiny data set."""
+    """Arguments of ``asr_train`` (ESPnet's or ours) for the tiny data set."""
     args = [
         "--config", config,
         "--output_dir", output_dir,
@@ -57,11 +57,15 @@ def train_args(data, config, output_dir, *extra):
     return args + list(extra)
 
 
-def run(cmd, log):
-    """Run ``cmd`` with output to ``log``; raise with the log's tail on failure."""
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+def run(cmd, log, env=None, cwd=ROOT):
+    """Run ``cmd`` in ``cwd`` with output to ``log``; raise with the log's tail on failure.
+
+    ``env`` None: this process's environment with the checkout first on ``PYTHONPATH``.
+    """
+    if env is None:
+        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     with open(log, "w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=cwd, env=env)
     with open(log) as f:
         out = f.read()
     if proc.returncode != 0:

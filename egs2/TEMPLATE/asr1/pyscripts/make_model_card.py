@@ -3,7 +3,9 @@
 
 Unpacks ``asr_model.zip`` into ``--out`` and writes a model card ``README.md``: the
 architecture (encoder, experts, router sharing), the training data, the RESULTS.md tables
-(verbatim) and usage that starts with ``pip install`` and ``import espnet_omnirouter``.
+(verbatim) and usage: ``pip install espnet_omnirouter``, then ESPnet's own
+``Speech2Text.from_pretrained`` (the installed hook registers our encoders) or our strict
+``load_speech2text``.
 """
 import argparse
 import os
@@ -84,8 +86,20 @@ def main(argv=None):
         "pip install espnet_omnirouter",
         "```",
         "",
+        "The installed plugin registers its encoders in ESPnet by itself, so ESPnet's own loader works as for "
+        "every ESPnet model (and so do ESPnet's recipes and `espnet2.bin.asr_inference`):",
+        "",
         "```python",
-        "import espnet_omnirouter  # registers the MoE encoders in ESPnet",
+        "from espnet2.bin.asr_inference import Speech2Text",
+        "",
+        f'speech2text = Speech2Text.from_pretrained("{args.hf_repo}")',
+        "text = speech2text(waveform_16khz)[0][0]",
+        "```",
+        "",
+        "The plugin's loader does the same and also checks that the checkpoint's parameters are exactly the "
+        "model's (ESPnet loads weights with `strict=False`):",
+        "",
+        "```python",
         "from espnet_omnirouter.hub import load_speech2text",
         "",
         f'speech2text = load_speech2text("{args.hf_repo}")',
