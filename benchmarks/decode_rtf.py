@@ -91,11 +91,17 @@ def main(argv=None):
         raise SystemExit(f"{args.data}: no utterance in both wav.scp and text")
     audio = {u: soundfile.read(wavs[u], dtype="float32")[0] for u in utts}
     info = _bench.machine_info(torch.device("cpu"))
-    models = {name: speech2text(path, args.checkpoint, args.lm, args.lm_checkpoint, args.decode_config, args.threads) for name, path in args.model}
+    models = {
+        name: speech2text(path, args.checkpoint, args.lm, args.lm_checkpoint, args.decode_config, args.threads)
+        for name, path in args.model
+    }
     runs = {name: (name, None) for name in models}
     for impl in [i for i in args.impls.split(",") if i]:
         runs.update({f"{n}_{impl}": (n, impl) for n, s in models.items() if hasattr(s.asr_model.encoder, "moe_ffns")})
-    print(f"# decode_rtf: {info['device_name']} | threads {torch.get_num_threads()} | {len(utts)} utterances | {', '.join(runs)}")
+    print(
+        f"# decode_rtf: {info['device_name']} | threads {torch.get_num_threads()} | {len(utts)} utterances "
+        f"| {', '.join(runs)}"
+    )
     seconds = {r: 0.0 for r in runs}
     hyps = {r: {} for r in runs}
     load = _bench.cpu_pressure()

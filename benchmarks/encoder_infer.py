@@ -129,7 +129,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for key, path in DEFAULT_CONFIGS.items():
         parser.add_argument(f"--{key}-config", default=path)
-    parser.add_argument("--cases", type=parse_case, nargs="+", default=[parse_case(c) for c in ("1x2", "1x5", "1x10", "1x20", "8x10")])
+    parser.add_argument(
+        "--cases", type=parse_case, nargs="+", default=[parse_case(c) for c in ("1x2", "1x5", "1x10", "1x20", "8x10")]
+    )
     parser.add_argument("--impls", default="loop", help="comma-separated Experts.impl values also timed ('' = none)")
     parser.add_argument("--vocab", type=int, default=32, help="CTC output size (characters + blank)")
     parser.add_argument("--feat-dim", type=int, default=80)
@@ -212,7 +214,10 @@ def main(argv=None):
         )
         case = dict(batch=batch, seconds=seconds, machine_load=load, variants={})
         for name, (key, impl) in variants.items():
-            r = {step: dict(times_s=times[f"{name}/{step}"], median_s=_bench.median(times[f"{name}/{step}"])) for step in ("forward", "greedy")}
+            r = {}
+            for step in ("forward", "greedy"):
+                ts = times[f"{name}/{step}"]
+                r[step] = dict(times_s=ts, median_s=_bench.median(ts))
             if key != "dense":
                 out = steps[f"{name}/forward"]()[0]
                 r["pad_waste"] = pad_waste(encoders[key])
@@ -232,7 +237,10 @@ def main(argv=None):
             dict(
                 benchmark="encoder_infer",
                 machine=info,
-                config=dict(vars(args), dtype="fp32 inference_mode", cases=[list(c) for c in args.cases], variants=list(variants), elapsed_s=elapsed, configs=configs),
+                config=dict(
+                    vars(args), dtype="fp32 inference_mode", cases=[list(c) for c in args.cases],
+                    variants=list(variants), elapsed_s=elapsed, configs=configs,
+                ),
                 cases=cases,
             ),
         )
