@@ -165,12 +165,13 @@ class Experts(nn.Module):
             ``[M, d]`` expert outputs, in the order of ``x``.
         """
         x = x.to(compute_dtype(x))
-        path = self.path(x, x.shape[0], grad=self._records_grad(x))
+        grad = self._records_grad(x)
+        path = self.path(x, x.shape[0], grad=grad)
         if path == "grouped_mm":
             return self._grouped_mm(x, ends, expert)
         rows = torch.arange(x.shape[0], device=x.device)
         ones = x.new_ones(x.shape[0], dtype=torch.float32)
-        return self._by_slices(path, x, rows, ends, expert, ones, True)
+        return self._by_slices(path, grad, x, rows, ends, expert, ones, True)
 
     def combine(
         self,
@@ -197,12 +198,13 @@ class Experts(nn.Module):
             ``[R, d]`` in the compute dtype; rows not in ``rows`` are 0.
         """
         dtype = compute_dtype(flat)
-        path = self.path(flat, rows.shape[0], dtype, grad=self._records_grad(flat, gate))
+        grad = self._records_grad(flat, gate)
+        path = self.path(flat, rows.shape[0], dtype, grad=grad)
         if path == "grouped_mm":
             x = _GatherUniqueRows.apply(flat, rows) if unique else flat.index_select(0, rows)
             y = self._grouped_mm(x.to(dtype), ends, expert)
             return _scatter_rows(y * gate.unsqueeze(1).to(y.dtype), rows, flat.shape[0], unique)
-        return self._by_slices(path, flat, rows, ends, expert, gate, unique)
+        return self._by_slices(path, grad, flat, rows, ends, expert, gate, unique)
 
     def _grouped_mm(self, x: torch.Tensor, ends: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
         # One kernel per matmul, no host sync: the offsets are the end row of each expert.
@@ -220,26 +222,26 @@ class Experts(nn.Module):
     # The slice sizes are data: keep the compiler out (it would recompile for each new set
     # of sizes); under torch.compile the grouped_mm path is used where it can run.
     @torch.compiler.disable
-    def _by_slices(self, path, flat, rows, ends, expert, gate, unique) -> torch.Tensor:
-        """The "loop" and "padded" paths (arguments as :meth:`combine`'s)."""
+    def _by_slices(self, path, grad, flat, rows, ends, expert, gate, unique) -> torch.Tensor:
+        """The "loop" and "padded" paths; ``grad``: whether autograd records the call (the
+        other arguments as :meth:`combine`'s)."""
         bounds = [0] + ends.tolist()  # the one host sync (free on CPU)
         sizes = [b - a for a, b in zip(bounds, bounds[1:])]
         dtype = compute_dtype(flat)
         params = (self.w1, self.b1, self.w2, self.b2)
         if path == "padded":
             with torch.no_grad(), torch.autocast(flat.device.type, enabled=False):
-                return self._padded(flat, rows, expert, gate, bounds, unique, dtype)
-        if self._records_grad(flat, gate):
+                return self._padded(flat, rows, expert, gate, bounds, sizes, unique, dtype)
+        if grad:
             return _ExpertLoop.apply(flat, gate, *params, rows, sizes, self._hidden, unique, flat.shape[0], dtype)
         with torch.no_grad():
             return _expert_loop_forward(flat, gate, *params, rows, sizes, self._hidden, unique, flat.shape[0], dtype)[0]
 
-    def _padded(self, flat, rows, expert, gate, bounds, unique, dtype) -> torch.Tensor:
+    def _padded(self, flat, rows, expert, gate, bounds, sizes, unique, dtype) -> torch.Tensor:
         """The padded path (no autograd): the experts are split into runs of consecutive
         experts (:func:`padded_runs`); a run of ``n`` experts whose largest slice is ``C``
         is an ``[n, C, d]`` block of one buffer and two ``baddbmm``, on views of the
         stacked weights."""
-        sizes = [b - a for a, b in zip(bounds, bounds[1:])]
         d_in, hidden = self.w1.shape[1:]
         runs = padded_runs(sizes, max(1, round(PADDED_RUN_COST_FLOP / (4 * d_in * hidden))))
         total = sum((stop - start) * width for start, stop, width in runs)
