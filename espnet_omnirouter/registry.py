@@ -3,6 +3,8 @@ from espnet2.tasks import asr as asr_task
 
 from espnet_omnirouter.asr_model import MoEASRModel
 from espnet_omnirouter.encoders import (
+    DuoConformerEncoder,
+    DuoTransformerEncoder,
     OmniRouterConformerEncoder,
     OmniRouterTransformerEncoder,
     SwitchConformerEncoder,
@@ -14,6 +16,8 @@ ENCODERS = {
     "omni_router_conformer": OmniRouterConformerEncoder,
     "switch_transformer": SwitchTransformerEncoder,
     "omni_router_transformer": OmniRouterTransformerEncoder,
+    "duo_conformer": DuoConformerEncoder,
+    "duo_transformer": DuoTransformerEncoder,
 }
 MODELS = {"moe_espnet": MoEASRModel}
 

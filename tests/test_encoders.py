@@ -43,6 +43,8 @@ def test_registered_names():
     assert encoder_choices.classes["omni_router_conformer"] is OmniRouterConformerEncoder
     assert encoder_choices.classes["switch_transformer"] is SwitchTransformerEncoder
     assert encoder_choices.classes["omni_router_transformer"] is OmniRouterTransformerEncoder
+    assert encoder_choices.classes["duo_conformer"].__name__ == "DuoConformerEncoder"
+    assert encoder_choices.classes["duo_transformer"].__name__ == "DuoTransformerEncoder"
     assert model_choices.classes["moe_espnet"].__name__ == "MoEASRModel"
 
 
@@ -253,6 +255,9 @@ def test_build_model_from_conf(config, tmp_path):
         assert len(keys) == conf["encoder_conf"].get("router_groups", 1)
     elif conf["encoder"].startswith("switch"):
         assert len(keys) == len(model.encoder.moe_ffns()) > 0
+    elif conf["encoder"].startswith("duo"):
+        shared = conf["encoder_conf"].get("duo_router") == "shared"
+        assert len(keys) == (1 if shared else len(model.encoder.duo_slots())) > 0
     else:
         assert keys == [] and not any(isinstance(m, MoEFeedForward) for m in model.modules())
 

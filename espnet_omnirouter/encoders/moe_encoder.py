@@ -59,7 +59,72 @@ def _clear_pad_mask(block: torch.nn.Module, args, output) -> None:
             module.pad_mask = None
 
 
-class MoEEncoderMixin:
+class FFNSlotsMixin:
+    """What the MoE and Duo encoder mixins share: find the FFNs of the blocks, replace them,
+    hand the padding to the replacements, and reset their records before each forward.
+
+    A subclass sets ``self.slot_names`` (via :meth:`_replace_ffns`)."""
+
+    slot_names: List[str]
+
+    def _ffn_names(self, layers: Optional[List[int]], macaron: Optional[bool], layers_key: str, macaron_key: str):
+        """Qualified names of the FFNs of blocks ``layers`` (None: all), in execution order;
+        ``macaron``: False = second FFN only, None/True = the macaron FFN too where there is one."""
+        blocks = list(self.encoders)
+        if layers is None:
+            layers = list(range(len(blocks)))
+        bad = [i for i in layers if not 0 <= i < len(blocks)]
+        if bad or len(set(layers)) != len(layers):
+            raise ValueError(
+                f"encoder_conf.{layers_key} must be distinct block indices in [0, {len(blocks) - 1}], got {layers}"
+            )
+        if macaron and getattr(blocks[0], _MACARON_FFN, None) is None:
+            raise ValueError(
+                f"encoder_conf.{macaron_key}: true needs macaron_style: true (without it the blocks have "
+                "no macaron FFN to convert)"
+            )
+        names = []
+        for i in sorted(layers):
+            attrs = [_FFN] if macaron is False else [_MACARON_FFN, _FFN]
+            names += [f"encoders.{i}.{a}" for a in attrs if getattr(blocks[i], a, None) is not None]
+        if not names:
+            raise ValueError(f"encoder_conf.{layers_key} selects no feed-forward module to convert")
+        return names
+
+    def _replace_ffns(self, names: List[str], make) -> None:
+        """Replace each FFN ``names[j]`` by ``make(j, ffn)`` (a :class:`MoEFeedForward`) and
+        install the padding hooks."""
+        for j, name in enumerate(names):
+            parent, attr = name.rsplit(".", 1)
+            block = self.get_submodule(parent)
+            ffn = getattr(block, attr)
+            if not isinstance(ffn, PositionwiseFeedForward):
+                raise ValueError(
+                    f"encoder_conf.positionwise_layer_type must be 'linear' for {type(self).__name__}; "
+                    f"{name} is {type(ffn).__name__}"
+                )
+            setattr(block, attr, make(j, ffn))
+        blocks = list(self.encoders)
+        self._padding_hook = _PaddingHook()
+        for i in sorted(set(int(n.split(".")[1]) for n in names)):
+            blocks[i].register_forward_pre_hook(self._padding_hook)
+            blocks[i].register_forward_hook(_clear_pad_mask)
+        self.slot_names = names
+
+    def _slots(self) -> List[MoEFeedForward]:
+        return [self.get_submodule(n) for n in self.slot_names]
+
+    def forward(self, xs_pad: torch.Tensor, ilens: torch.Tensor, *args, **kwargs):
+        """ESPnet's encoder forward; the slots' routing records are reset first."""
+        for m in self._slots():
+            m.last = None
+        try:
+            return super().forward(xs_pad, ilens, *args, **kwargs)
+        finally:
+            self._padding_hook.clear()
+
+
+class MoEEncoderMixin(FFNSlotsMixin):
     """Mixin placed before an ESPnet encoder class; see the module docstring.
 
     MoE keys (every other key goes to the ESPnet encoder):
@@ -114,25 +179,7 @@ class MoEEncoderMixin:
             raise ValueError(f"encoder_conf.router_jitter must be in [0, 1), got {router_jitter}")
         super().__init__(input_size, **encoder_kwargs)
 
-        blocks = list(self.encoders)
-        if moe_layers is None:
-            moe_layers = list(range(len(blocks)))
-        bad = [i for i in moe_layers if not 0 <= i < len(blocks)]
-        if bad or len(set(moe_layers)) != len(moe_layers):
-            raise ValueError(
-                f"encoder_conf.moe_layers must be distinct block indices in [0, {len(blocks) - 1}], got {moe_layers}"
-            )
-        if moe_macaron and getattr(blocks[0], _MACARON_FFN, None) is None:
-            raise ValueError(
-                "encoder_conf.moe_macaron: true needs macaron_style: true (without it the blocks have "
-                "no macaron FFN to convert)"
-            )
-        names = []  # qualified names of the MoE FFNs, in execution order
-        for i in sorted(moe_layers):
-            attrs = [_FFN] if moe_macaron is False else [_MACARON_FFN, _FFN]
-            names += [f"encoders.{i}.{a}" for a in attrs if getattr(blocks[i], a, None) is not None]
-        if not names:
-            raise ValueError("encoder_conf.moe_layers selects no feed-forward module to convert")
+        names = self._ffn_names(moe_layers, moe_macaron, "moe_layers", "moe_macaron")
 
         if self.shared_router:
             groups = 1 if router_groups is None else router_groups
@@ -148,30 +195,12 @@ class MoEEncoderMixin:
         if self.shared_router:
             self.routers = torch.nn.ModuleList(routers)
         per_group = len(names) // groups
-        for j, name in enumerate(names):
-            parent, attr = name.rsplit(".", 1)
-            block = self.get_submodule(parent)
-            ffn = getattr(block, attr)
-            if not isinstance(ffn, PositionwiseFeedForward):
-                raise ValueError(
-                    f"encoder_conf.positionwise_layer_type must be 'linear' for MoE; "
-                    f"{name} is {type(ffn).__name__}"
-                )
-            experts = Experts(
-                num_experts,
-                d_model,
-                ffn.w_1.out_features,
-                ffn.activation,
-                ffn.dropout.p,
-            )
-            moe = MoEFeedForward(
-                routers[j // per_group], experts, capacity_factor, own_router=not self.shared_router
-            )
-            setattr(block, attr, moe)
-        self._padding_hook = _PaddingHook()
-        for i in sorted(set(int(n.split(".")[1]) for n in names)):
-            blocks[i].register_forward_pre_hook(self._padding_hook)
-            blocks[i].register_forward_hook(_clear_pad_mask)
+
+        def make(j: int, ffn: PositionwiseFeedForward) -> MoEFeedForward:
+            experts = Experts(num_experts, d_model, ffn.w_1.out_features, ffn.activation, ffn.dropout.p)
+            return MoEFeedForward(routers[j // per_group], experts, capacity_factor, own_router=not self.shared_router)
+
+        self._replace_ffns(names, make)
         self.moe_names = names
 
     def moe_ffns(self) -> List[MoEFeedForward]:
@@ -182,20 +211,11 @@ class MoEEncoderMixin:
         """Each MoE FFN's routing in the last forward (None: the layer was skipped)."""
         return [m.last for m in self.moe_ffns()]
 
-    def forward(self, xs_pad: torch.Tensor, ilens: torch.Tensor, *args, **kwargs):
-        """ESPnet's encoder forward; MoE routing records are reset first."""
-        for m in self.moe_ffns():
-            m.last = None
-        try:
-            return super().forward(xs_pad, ilens, *args, **kwargs)
-        finally:
-            self._padding_hook.clear()
-
 
 def moe_signature(cls):
     """Class decorator: publish ``input_size``, the MoE keys, then every keyword of the
     ESPnet base encoder, so that ``--print_config`` lists them all."""
-    base = next(c for c in cls.__mro__[1:] if not issubclass(c, MoEEncoderMixin))
+    base = next(c for c in cls.__mro__[1:] if not issubclass(c, FFNSlotsMixin))
     mixin = inspect.signature(MoEEncoderMixin.__init__).parameters
     skip = {"self", "input_size", "encoder_kwargs"}
     if not cls.shared_router:

@@ -1,6 +1,7 @@
-"""Switch and Omni-router Transformer encoders (ESPnet ``TransformerEncoder`` + MoE FFNs)."""
+"""Switch, Omni-router and Duo Transformer encoders (ESPnet ``TransformerEncoder`` + MoE FFNs)."""
 from espnet2.asr.encoder.transformer_encoder import TransformerEncoder
 
+from espnet_omnirouter.encoders.duo_encoder import DuoEncoderMixin, duo_signature
 from espnet_omnirouter.encoders.moe_encoder import MoEEncoderMixin, moe_signature
 
 
@@ -14,3 +15,8 @@ class OmniRouterTransformerEncoder(MoEEncoderMixin, TransformerEncoder):
     """Transformer whose MoE FFNs share one router (``omni_router_transformer``)."""
 
     shared_router = True
+
+
+@duo_signature
+class DuoTransformerEncoder(DuoEncoderMixin, TransformerEncoder):
+    """Transformer whose FFNs are Duo slots: big, small or skip per frame (``duo_transformer``)."""

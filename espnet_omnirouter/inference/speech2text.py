@@ -7,7 +7,10 @@ import torch
 from espnet2.bin import asr_inference
 from espnet2.bin.asr_inference import Speech2Text
 
+from espnet_omnirouter.encoders.duo_encoder import DuoEncoderMixin
+from espnet_omnirouter.inference.duo import DuoDecodeConfig, apply_duo_policy
 from espnet_omnirouter.inference.roe import RoEConfig, RoEEncoder, average_log_posteriors, ctc_greedy
+from espnet_omnirouter.moe import duo_stats
 
 
 class _AveragedCTC:
@@ -28,7 +31,12 @@ class _AveragedCTC:
 
 
 class RoESpeech2Text(Speech2Text):
-    """ESPnet's ``Speech2Text`` plus the ``roe_*`` options of :class:`RoEConfig`.
+    """ESPnet's ``Speech2Text`` plus the ``roe_*`` options of :class:`RoEConfig` and the
+    ``duo_*`` options of :class:`~espnet_omnirouter.inference.duo.DuoDecodeConfig`.
+
+    With a Duo encoder the decoding policy is set once; after each utterance
+    ``duo_compute`` holds the relative FFN compute of its encoder forward (1.0 = all big),
+    also logged.
 
     With ``roe_samples`` K > 1, every encoder forward is followed by K noisy copies of the
     encoder above the first noisy MoE FFN; the CTC prefix scorer of joint CTC/attention
@@ -45,9 +53,22 @@ class RoESpeech2Text(Speech2Text):
         roe_aggregate: str = "prob",
         roe_shared_noise: bool = False,
         roe_seed: int = 0,
+        duo_policy: Optional[str] = None,
+        duo_pattern: Optional[str] = None,
+        duo_probs: Optional[List[float]] = None,
+        duo_cost_bias: float = 0.0,
+        duo_seed: int = 0,
         **kwargs,
     ):
+        duo = DuoDecodeConfig(duo_policy, duo_pattern, duo_probs, duo_cost_bias, duo_seed)
         super().__init__(*args, **kwargs)
+        self.duo_compute: Optional[float] = None
+        encoder = self.asr_model.encoder
+        if isinstance(encoder, DuoEncoderMixin):
+            apply_duo_policy(encoder, duo)
+            encoder.register_forward_hook(self._record_duo_compute)
+        elif duo != DuoDecodeConfig():
+            raise ValueError(f"duo_* options are for duo_* encoders; the model's encoder is {type(encoder).__name__}")
         self.roe_config = RoEConfig(roe_samples, roe_tau, roe_clean_layers, roe_aggregate, roe_shared_noise, roe_seed)
         self.roe: Optional[RoEEncoder] = None
         self._averaged_ctc: Optional[_AveragedCTC] = None
@@ -58,6 +79,10 @@ class RoESpeech2Text(Speech2Text):
             if scorer is None:
                 raise ValueError("RoE averages CTC posteriors: decode with ctc_weight > 0")
             scorer.ctc = self._averaged_ctc
+
+    def _record_duo_compute(self, encoder, args, output):
+        self.duo_compute = float(duo_stats(encoder.duo_records(), encoder.duo_costs())["duo_compute"])
+        logging.info("Duo compute (relative to all-big): %.4f", self.duo_compute)
 
     def _after_encoder(self, module, args, output):
         noisy = self.roe.noisy_outputs()  # [K, B, T, d]

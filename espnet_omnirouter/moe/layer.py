@@ -136,10 +136,15 @@ class MoEFeedForward(nn.Module):
             padding = mask if isinstance(mask, Padding) else Padding.from_mask(valid)
             index = padding.rows  # None without padding: no gather, no scatter
         frames = flat if index is None else flat.index_select(0, index)
-        routing = self.router(frames)
+        routing = self.route(frames, index, x.shape[:-1])
         out, dropped = self._dispatch(flat, index, routing)
         self.last = LayerRouting(routing=routing, valid=valid, dropped=dropped)
         return out.view(x.shape)
+
+    def route(self, frames: torch.Tensor, index: Optional[torch.Tensor], shape: torch.Size) -> Routing:
+        """The routing of the ``[N, d]`` routed ``frames`` (rows ``index`` of the flattened
+        ``shape`` frames; None: all rows): the router's.  Duo slots override it."""
+        return self.router(frames)
 
     def _dispatch(self, flat: torch.Tensor, index: Optional[torch.Tensor], routing: Routing):
         """Sort the (frame, choice) assignments by expert and run the experts.

@@ -1,0 +1,145 @@
+"""Duo adaptive-compute FFN slots (torch only): each frame takes a big path, a small path or skips.
+
+A Duo slot is a top-1 MoE layer whose experts are :class:`~espnet_omnirouter.moe.paths.PathExperts`
+of different widths, one of them empty (Duo-LLM, arXiv 2410.10846).  It keeps
+:class:`~espnet_omnirouter.moe.layer.MoEFeedForward`'s padding handling and sort-based
+dispatch; only the choice of the path differs, set by a :class:`DuoPolicy`:
+
+* ``learned``: the router's argmax (optionally with a cost bias: ``logits - bias * cost``).
+  In training with autograd every path runs on every frame and the gates are
+  straight-through: 1 for the chosen path and 0 for the others in the forward pass (so the
+  frozen stage-1 backbone sees exactly the activations it was trained with, no Switch-style
+  gate scaling), ``d gate_p / d prob_p = 1`` in the backward, so the task loss reaches the
+  router through every path's output (``dL/dprob_p = <dL/dy, FFN_p(x)>``).
+* ``random``: each frame's path drawn from fixed probabilities (training stage 1).
+* ``fixed``: one path for every frame, or one path per batch element (static patterns, oracle search).
+
+The output is the chosen path's output with gate 1 (0 for skip and padding).
+"""
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import torch
+
+from espnet_omnirouter.moe.layer import LayerRouting, MoEFeedForward
+from espnet_omnirouter.moe.losses import expert_fractions
+from espnet_omnirouter.moe.paths import PathExperts
+from espnet_omnirouter.moe.router import Router, Routing
+
+PATHS = ("big", "small", "skip")
+POLICY_KINDS = ("learned", "random", "fixed")
+
+
+@dataclass
+class DuoPolicy:
+    """How a Duo slot picks the path of each frame.
+
+    Attributes:
+        kind: "learned", "random" or "fixed" (module docstring).
+        probs: random: probability of each path (sums to 1).
+        path: fixed: a path index for every frame, or a ``[B]`` int64 tensor, one path per
+            batch element.
+        cost_bias: learned: subtracted from the logits per unit of relative cost (> 0 spends less).
+        generator: random: the generator that draws the paths (None: torch's default).
+    """
+
+    kind: str = "learned"
+    probs: Optional[Tuple[float, ...]] = None
+    path: Union[int, torch.Tensor, None] = None
+    cost_bias: float = 0.0
+    generator: Optional[torch.Generator] = None
+
+    def __post_init__(self):
+        if self.kind not in POLICY_KINDS:
+            raise ValueError(f"Duo policy kind must be one of {POLICY_KINDS}, got {self.kind!r}")
+        if self.kind == "random" and self.probs is None:
+            raise ValueError("a random Duo policy needs probs")
+        if self.kind == "fixed" and self.path is None:
+            raise ValueError("a fixed Duo policy needs a path")
+
+
+class DuoFeedForward(MoEFeedForward):
+    """A Duo FFN slot: :class:`MoEFeedForward` over :class:`PathExperts`, routed by ``policy``.
+
+    Args:
+        router: a :class:`Router` with one logit per path (top-1).
+        experts: the paths.
+        own_router: False when the router is shared by several slots and owned by a parent.
+    """
+
+    def __init__(self, router: Router, experts: PathExperts, own_router: bool = True):
+        if router.top_k != 1:
+            raise ValueError(f"a Duo slot routes top-1, got a router with top_k={router.top_k}")
+        super().__init__(router, experts, None, own_router)
+        self.register_buffer("costs", experts.costs(), persistent=False)
+        self.policy = DuoPolicy()
+
+    def route(self, frames: torch.Tensor, index: Optional[torch.Tensor], shape: torch.Size) -> Routing:
+        policy, num_paths = self.policy, self.experts.num_experts
+        if policy.kind == "learned":
+            routing = self.router(frames)
+            if policy.cost_bias:
+                chosen = (routing.logits - policy.cost_bias * self.costs).argmax(-1)
+            else:
+                chosen = routing.expert[:, 0]
+            if self.training and torch.is_grad_enabled():
+                # Every path on every frame, the chosen one first (k-major dispatch).
+                order = (chosen.unsqueeze(1) + torch.arange(num_paths, device=frames.device)) % num_paths
+                probs = routing.probs.gather(1, order)
+                hard = torch.zeros_like(probs)
+                hard[:, 0] = 1.0
+                return Routing(order, hard + probs - probs.detach(), routing.probs, routing.logits)
+            return Routing(chosen.unsqueeze(1), routing.probs.new_ones(chosen.shape[0], 1), routing.probs, routing.logits)
+        if policy.kind == "random":
+            probs = torch.tensor(policy.probs, dtype=torch.float32)
+            chosen = torch.multinomial(probs, frames.shape[0], replacement=True, generator=policy.generator)
+            chosen = chosen.to(frames.device)
+        elif isinstance(policy.path, torch.Tensor):
+            rows = torch.arange(frames.shape[0], device=frames.device) if index is None else index
+            chosen = policy.path.to(frames.device).index_select(0, rows // shape[-1])
+        else:
+            chosen = torch.full((frames.shape[0],), policy.path, dtype=torch.long, device=frames.device)
+        onehot = torch.nn.functional.one_hot(chosen, num_paths).float()
+        return Routing(chosen.unsqueeze(1), onehot.new_ones(chosen.shape[0], 1), onehot, torch.zeros_like(onehot))
+
+
+def duo_path_fractions(records: Sequence[Optional[LayerRouting]], num_paths: int) -> torch.Tensor:
+    """``[L, P]`` float32 (detached): fraction of each slot's non-padded frames on each path
+    (zeros for a slot that did not run)."""
+    rows = []
+    for record in records:
+        if record is None:
+            rows.append(torch.zeros(num_paths))
+        else:
+            rows.append(expert_fractions(record.routing.expert[:, 0].detach(), num_paths).cpu())
+    return torch.stack(rows) if rows else torch.zeros(0, num_paths)
+
+
+def duo_expected_compute(records: Sequence[Optional[LayerRouting]], costs: torch.Tensor) -> torch.Tensor:
+    """Mean over the slots that ran and their frames of the router's expected relative
+    cost ``sum_p prob_p * cost_p`` (differentiable; a float32 scalar)."""
+    ran = [r.routing.probs for r in records if r is not None and r.routing.probs.shape[0] > 0]
+    if not ran:
+        return costs.new_zeros(())
+    return torch.stack([(p @ costs.to(p)).mean() for p in ran]).mean()
+
+
+def budget_loss(records: Sequence[Optional[LayerRouting]], costs: torch.Tensor, budget: float) -> torch.Tensor:
+    """``(expected compute - budget) ** 2``: pulls the mean compute per frame, relative to all
+    big paths, toward ``budget`` (padded frames are not in the records)."""
+    return (duo_expected_compute(records, costs) - budget).square()
+
+
+def duo_stats(records: Sequence[Optional[LayerRouting]], costs: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Per slot ``i`` the fractions ``duo{i}_{big,small,skip}`` of its frames on each path, and
+    ``duo_compute``: the mean relative FFN compute per frame over the slots that ran (1.0 =
+    every slot big).  The keys depend only on the number of slots (DDP gathers them in order)."""
+    fractions = duo_path_fractions(records, costs.shape[0])
+    out = {}
+    for i, row in enumerate(fractions):
+        for name, value in zip(PATHS, row.unbind(0)):
+            out[f"duo{i}_{name}"] = value
+    ran = [i for i, r in enumerate(records) if r is not None]
+    out["duo_compute"] = (fractions[ran] @ costs.cpu()).mean() if ran else torch.zeros(())
+    return out
+

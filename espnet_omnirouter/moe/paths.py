@@ -1,0 +1,98 @@
+"""Experts of different widths, some of them empty (torch only): the paths of a Duo FFN slot.
+
+A Duo slot routes each frame to one of ``P`` paths: a big FFN, a small FFN, or skip (no
+module: the output is 0 and the residual connection carries the frame).  :class:`PathExperts`
+holds them and has the ``combine`` of :class:`~espnet_omnirouter.moe.experts.Experts`, so
+:class:`~espnet_omnirouter.moe.layer.MoEFeedForward`'s sort-based dispatch runs it unchanged:
+the assignments arrive sorted by path, each non-empty path runs one single-expert
+``Experts`` on its own rows (whichever of its implementations suits the size), and the rows
+of a skip path are never read.
+"""
+from typing import List, Sequence
+
+import torch
+from torch import nn
+
+from espnet_omnirouter.moe.experts import Experts, compute_dtype
+
+
+class PathExperts(nn.Module):
+    """``P`` position-wise FFNs of hidden widths ``widths`` (0 = an empty path).
+
+    Path ``p`` with ``widths[p] > 0`` is ``Experts(1, d_model, widths[p], ...)`` (its weights
+    ``w1 [1, d, h_p]`` etc.); a path of width 0 has no parameters and outputs 0.
+
+    Args:
+        d_model: input/output width ``d``.
+        widths: hidden width of each path, e.g. ``[576, 36, 0]`` for big, small, skip.
+        activation: activation module shared by the paths.
+        dropout_rate: dropout on the hidden units.
+    """
+
+    def __init__(self, d_model: int, widths: Sequence[int], activation: nn.Module, dropout_rate: float = 0.0):
+        super().__init__()
+        if not widths or any(w < 0 for w in widths) or not any(widths):
+            raise ValueError(f"path widths must be >= 0 with at least one > 0, got {list(widths)}")
+        self.num_experts = len(widths)
+        self.widths: List[int] = list(widths)
+        # ModuleDict keyed by path index: empty paths have no entry, so parameter names
+        # (paths.0.w1, paths.1.w1) say which path they belong to.
+        self.paths = nn.ModuleDict(
+            {str(p): Experts(1, d_model, w, activation, dropout_rate) for p, w in enumerate(widths) if w > 0}
+        )
+        self.d_model = d_model
+
+    def costs(self) -> torch.Tensor:
+        """``[P]`` float32 FFN FLOPs per frame of each path relative to the widest (``4dh_p / 4dh_max``)."""
+        widths = torch.tensor(self.widths, dtype=torch.float32)
+        return widths / widths.max()
+
+    def combine(
+        self,
+        flat: torch.Tensor,
+        rows: torch.Tensor,
+        ends: torch.Tensor,
+        expert: torch.Tensor,
+        gate: torch.Tensor,
+        unique: bool,
+    ) -> torch.Tensor:
+        """``out[rows[i]] += gate[i] * path_{expert[i]}(flat[rows[i]])``, as ``Experts.combine``.
+
+        Args:
+            flat: ``[R, d]`` frames.
+            rows: ``[M]`` int64 row of ``flat`` of each assignment, sorted by path.
+            ends: ``[P]`` end (exclusive) of each path's assignments in ``rows``.
+            expert: ``[M]`` int64 path of each assignment (non-decreasing).
+            gate: ``[M]`` gate of each assignment.
+            unique: whether ``rows`` has no repeated row.
+
+        Returns:
+            ``[R, d]`` in the compute dtype; 0 on rows not in ``rows`` and on skip rows.
+
+        A path that gets no rows still runs (on 0 rows) while autograd records, so that its
+        parameters take part in every backward (DDP needs no ``find_unused_parameters``);
+        at inference it is not called.
+        """
+        bounds = [0] + ends.tolist()  # one host sync (free on CPU), as Experts' own paths
+        records = torch.is_grad_enabled()
+        out = None
+        for key, experts in self.paths.items():
+            start, stop = bounds[int(key)], bounds[int(key) + 1]
+            if start == stop and not records:
+                continue
+            size = stop - start
+            part = experts.combine(
+                flat,
+                rows[start:stop],
+                ends.new_full((1,), size),
+                expert.new_zeros(size),
+                gate[start:stop],
+                unique,
+            )
+            out = part if out is None else out + part
+        if out is None:  # every routed row skips
+            out = flat.new_zeros(flat.shape[0], self.d_model, dtype=compute_dtype(flat))
+        return out
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, widths={self.widths}"
