@@ -9,7 +9,10 @@ from espnet2.tasks.asr import ASRTask
 
 import espnet_omnirouter  # noqa: F401
 from espnet_omnirouter.encoders import DuoConformerEncoder, DuoTransformerEncoder
-from espnet_omnirouter.inference.duo import DuoDecodeConfig, apply_duo_policy, pattern_compute, slot_policies
+from espnet_omnirouter.inference.duo import DuoDecodeConfig, apply_duo_policy, slot_policies
+import itertools
+
+from espnet_omnirouter.inference.duo_search import downgrades, greedy_descent, pattern_cost
 from espnet_omnirouter.moe import PATHS, DuoFeedForward, DuoPolicy, Padding, PathExperts, Router, budget_loss, duo_stats
 from espnet_omnirouter.moe.duo import duo_expected_compute
 from espnet_omnirouter.moe.experts import Experts
@@ -108,6 +111,19 @@ def test_learned_training_is_straight_through():
     assert torch.allclose(ste, s.router.weight.grad, atol=1e-5)
 
 
+@pytest.mark.parametrize("path", [0, 1, 2])
+def test_one_fixed_path_runs_without_the_dispatch(path):
+    s = slot(policy=DuoPolicy("fixed", path=path))
+    counts = count_rows(s)
+    x = torch.randn(2, 6, D)
+    valid = torch.arange(6) < torch.tensor([6, 4]).unsqueeze(1)
+    with torch.no_grad():
+        y = s(x, valid)
+    assert counts == {"0": 0, "1": 0}  # no combine: the path ran directly
+    assert torch.allclose(y, reference(s, x, torch.full((2, 6), path)) * valid.unsqueeze(-1), atol=1e-6)
+    assert (s.last.routing.expert[:, 0] == path).all() and s.last.routing.expert.shape[0] == 10
+
+
 def count_rows(s):
     """Wrap each path's combine to count the rows it receives."""
     counts = {key: 0 for key in s.experts.paths}
@@ -150,7 +166,7 @@ def test_skip_rows_cost_no_matmul(grad):
 
 
 def test_a_path_without_frames_is_not_called_at_inference_but_takes_part_in_backward():
-    s = slot(policy=DuoPolicy("fixed", path=0))
+    s = slot(policy=DuoPolicy("random", probs=(1.0, 0.0, 0.0)))
     counts = count_rows(s)
     with torch.no_grad():
         s(torch.randn(2, 5, D))
@@ -408,7 +424,7 @@ def test_policies_per_slot():
     learned = DuoConformerEncoder(20, duo_routing="learned", **DUO_CONF)
     assert all(p.kind == "learned" for p in slot_policies(learned, DuoDecodeConfig()))
     costs = enc.duo_costs()
-    assert pattern_compute("BSKKSB", costs) == pytest.approx((2 + 2 * 2 / 32) / 6)
+    assert pattern_cost("BSKKSB", costs) == pytest.approx((2 + 2 * 2 / 32) / 6)
     assert DuoDecodeConfig("static", pattern="BSK").tag() == "static_BSK"
     assert DuoDecodeConfig("random", probs=[0.5, 0.25, 0.25]).tag() == "random_0.5-0.25-0.25"
 
@@ -419,4 +435,77 @@ def test_static_pattern_compute_is_what_the_slots_report():
     with torch.no_grad():
         enc(torch.randn(2, 30, 20), torch.tensor([30, 20]))
     stats = duo_stats(enc.duo_records(), enc.duo_costs())
-    assert float(stats["duo_compute"]) == pytest.approx(pattern_compute("BSKBSK", enc.duo_costs()))
+    assert float(stats["duo_compute"]) == pytest.approx(pattern_cost("BSKBSK", enc.duo_costs()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Pattern search (oracle study)
+
+COSTS = [1.0, 1 / 16, 0.0]
+
+
+def test_downgrades_are_one_slot_cheaper():
+    assert sorted(downgrades("BSK")) == sorted(["SSK", "KSK", "BKK"])
+    assert downgrades("KK") == []
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_greedy_descent_meets_each_budget_and_is_near_the_exhaustive_optimum(seed):
+    g = torch.Generator().manual_seed(seed)
+    penalty = torch.rand(4, 3, generator=g)  # loss of slot i on path p (big cheapest in loss)
+    penalty[:, 0] = 0
+    penalty[:, 2] += penalty[:, 1]
+
+    calls = []
+
+    def evaluate(patterns):
+        calls.append(len(patterns))
+        return [float(sum(penalty[i, "BSK".index(c)] for i, c in enumerate(p))) for p in patterns]
+
+    budgets = [1.0, 0.75, 0.5, 0.25]
+    found = greedy_descent(4, COSTS, budgets, evaluate)
+    searched = sum(calls)
+    every = ["".join(p) for p in itertools.product("BSK", repeat=4)]
+    for b in budgets:
+        pattern, loss = found[b]
+        assert pattern_cost(pattern, COSTS) <= b + 1e-9
+        assert loss == evaluate([pattern])[0]
+        optimum = min(evaluate([p])[0] for p in every if pattern_cost(p, COSTS) <= b + 1e-9)
+        assert loss <= optimum + 0.5 * float(penalty.max())  # greedy: close, not always optimal
+    assert searched < len(every)  # fewer evaluations than exhaustive search (3 ** 4)
+
+
+def test_greedy_descent_takes_downgrades_that_lower_the_loss():
+    # Skipping slot 1 helps: found even at budget 1.0 (all-big is not the best pattern).
+    def evaluate(patterns):
+        return [sum({"B": 0.0, "S": 0.5, "K": 1.0}[c] for c in p) - (2.0 if p[1] == "K" else 0.0) for p in patterns]
+
+    found = greedy_descent(3, COSTS, [1.0], evaluate)
+    assert found[1.0] == ("BKB", -1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# RESULTS.md (stage 7) reports the compute of Duo decodings
+
+
+def test_results_md_reports_duo_compute(tmp_path):
+    import json
+    import sys
+
+    sys.path.insert(0, os.path.join(ROOT, "egs2", "TEMPLATE", "asr1", "pyscripts"))
+    import show_results
+
+    summary = {"Snt": 2, "Wrd": 4, "Corr": 3, "Sub": 1, "Del": 0, "Ins": 0, "Err": 25.0, "S.Err": 50.0}
+    for tag, values in (("decode_duo_policystatic_duo_patternBSKB", [0.53, 0.53]), ("decode_dense", None)):
+        d = tmp_path / tag / "test"
+        (d / "score_wer").mkdir(parents=True)
+        (d / "score_wer" / "summary.json").write_text(json.dumps(summary))
+        (d / "logdir").mkdir()
+        lines = ["INFO: other line"] + [f"INFO: Duo compute (relative to all-big): {v:.4f}" for v in values or []]
+        (d / "logdir" / "asr_inference.1.log").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "RESULTS.md"
+    assert show_results.main(["--exp", str(tmp_path), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "### Duo compute" in text
+    assert "|decode_duo_policystatic_duo_patternBSKB/test|2|0.5300|" in text
+    assert "decode_dense/test|2|" not in text.split("### Duo compute")[1]

@@ -90,7 +90,3 @@ def apply_duo_policy(encoder: DuoEncoderMixin, config: DuoDecodeConfig) -> None:
     """Set ``config``'s policy on every slot of ``encoder``."""
     encoder.set_duo_policies(slot_policies(encoder, config))
 
-
-def pattern_compute(pattern: str, costs: torch.Tensor) -> float:
-    """Relative FFN compute of a static pattern: mean over slots of its path's cost."""
-    return float(sum(costs[PATTERN_LETTERS[c]] for c in pattern) / len(pattern))

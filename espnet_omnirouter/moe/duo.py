@@ -13,6 +13,8 @@ dispatch; only the choice of the path differs, set by a :class:`DuoPolicy`:
   router through every path's output (``dL/dprob_p = <dL/dy, FFN_p(x)>``).
 * ``random``: each frame's path drawn from fixed probabilities (training stage 1).
 * ``fixed``: one path for every frame, or one path per batch element (static patterns, oracle search).
+  With one path for every frame the slot runs it on all rows directly (like a dense FFN; a
+  skip slot computes nothing), without the dispatch.
 
 The output is the chosen path's output with gate 1 (0 for skip and padding).
 """
@@ -21,6 +23,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
+from espnet_omnirouter.moe.experts import compute_dtype
 from espnet_omnirouter.moe.layer import LayerRouting, MoEFeedForward
 from espnet_omnirouter.moe.losses import expert_fractions
 from espnet_omnirouter.moe.paths import PathExperts
@@ -101,6 +104,21 @@ class DuoFeedForward(MoEFeedForward):
             chosen = torch.full((frames.shape[0],), policy.path, dtype=torch.long, device=frames.device)
         onehot = torch.nn.functional.one_hot(chosen, num_paths).float()
         return Routing(chosen.unsqueeze(1), onehot.new_ones(chosen.shape[0], 1), onehot, torch.zeros_like(onehot))
+
+    def _dispatch(self, flat: torch.Tensor, index: Optional[torch.Tensor], routing: Routing):
+        """With one fixed path for every frame, that path runs on the routed rows directly
+        (a skip slot computes nothing): no sort, no per-path split; otherwise the MoE dispatch."""
+        policy = self.policy
+        if policy.kind != "fixed" or isinstance(policy.path, torch.Tensor):
+            return super()._dispatch(flat, index, routing)
+        dropped = routing.expert.new_zeros(())
+        experts = self.experts.paths[str(policy.path)] if str(policy.path) in self.experts.paths else None
+        if experts is None:
+            return flat.new_zeros(flat.shape[0], self.experts.d_model, dtype=compute_dtype(flat)), dropped
+        if index is None:
+            return experts.dense(flat), dropped
+        out = flat.new_zeros(flat.shape[0], self.experts.d_model, dtype=compute_dtype(flat))
+        return out.index_copy(0, index, experts.dense(flat.index_select(0, index))), dropped
 
 
 def duo_path_fractions(records: Sequence[Optional[LayerRouting]], num_paths: int) -> torch.Tensor:

@@ -173,6 +173,15 @@ class Experts(nn.Module):
         ones = x.new_ones(x.shape[0], dtype=torch.float32)
         return self._by_slices(path, grad, x, rows, ends, expert, ones, True)
 
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        """Expert 0 on every row of ``x`` ``[N, d]`` (for ``E == 1``: a plain FFN, with autograd)."""
+        if self.num_experts != 1:
+            raise ValueError(f"Experts.dense runs a single expert; this one has {self.num_experts}")
+        x = x.to(compute_dtype(x))
+        with torch.autocast(x.device.type, enabled=False):
+            hidden = self._hidden(torch.addmm(self.b1[0].to(x.dtype), x, self.w1[0].to(x.dtype)))
+            return torch.addmm(self.b2[0].to(x.dtype), hidden, self.w2[0].to(x.dtype))
+
     def combine(
         self,
         flat: torch.Tensor,

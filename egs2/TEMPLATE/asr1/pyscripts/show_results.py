@@ -3,7 +3,8 @@
 
 Collects ``<exp>/<decode_tag>/<test_set>/score_{wer,cer}/summary.json`` (and ``rtf.txt`` when
 present) into one WER table, one CER table (``dataset|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err``) and an
-RTF table, under environment lines like ESPnet's show_asr_result.sh writes.
+RTF table (and, for Duo encoders, the compute their decoding logs report), under environment lines
+like ESPnet's show_asr_result.sh writes.
 """
 
 import argparse
@@ -12,6 +13,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -42,6 +44,19 @@ def read_kv(path):
     return out
 
 
+DUO_COMPUTE = re.compile(r"Duo compute \(relative to all-big\): ([0-9.]+)")
+
+
+def duo_compute(dset_dir):
+    """(utterances, mean relative compute) from the "Duo compute" lines of the decoding logs
+    of ``dset_dir`` (None when there are none: not a Duo model)."""
+    values = []
+    for log in sorted(glob.glob(os.path.join(dset_dir, "logdir", "asr_inference.*.log"))):
+        with open(log, encoding="utf-8", errors="replace") as f:
+            values += [float(m.group(1)) for m in map(DUO_COMPUTE.search, f) if m]
+    return (len(values), sum(values) / len(values)) if values else None
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--exp", required=True, help="experiment dir, e.g. exp/asr_x")
@@ -49,7 +64,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     rows = {"WER": [], "CER": []}
-    rtf_rows = []
+    rtf_rows, duo_rows = [], []
     for dset_dir in sorted(glob.glob(os.path.join(args.exp, "*", "*"))):
         if not os.path.isdir(dset_dir):
             continue
@@ -59,6 +74,9 @@ def main(argv=None):
             if os.path.isfile(js):
                 with open(js, encoding="utf-8") as f:
                     rows[unit].append((label, json.load(f)))
+        duo = duo_compute(dset_dir)
+        if duo is not None:
+            duo_rows.append((label, duo))
         rtf = os.path.join(dset_dir, "rtf.txt")
         if os.path.isfile(rtf) and os.path.isfile(
                 os.path.join(dset_dir, "score_wer", "summary.json")):
@@ -103,6 +121,14 @@ def main(argv=None):
             lines.append(f"|{label}|{r.get('utterances')}|{r.get('audio_seconds')}|"
                          f"{r.get('jobs')}|{r.get('wall_seconds')}|{r.get('rtf_wall')}|"
                          f"{r.get('rtf_decode_only')}|")
+        lines.append("")
+    if duo_rows:
+        lines += ["### Duo compute", "",
+                  "Mean over utterances of the relative FFN compute of the Duo encoder (1.0 = every "
+                  "slot big), from the decoding logs; the decode dir name holds the policy.", "",
+                  "|dataset|Snt|compute|", "|---|---|---|"]
+        for label, (n, mean) in duo_rows:
+            lines.append(f"|{label}|{n}|{mean:.4f}|")
         lines.append("")
     with open(args.out, "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
