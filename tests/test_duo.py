@@ -112,31 +112,39 @@ def test_learned_training_is_straight_through():
 
 
 @pytest.mark.parametrize("path", [0, 1, 2])
-def test_one_fixed_path_runs_without_the_dispatch(path):
+def test_one_fixed_path_runs_without_the_dispatch(path, monkeypatch):
     s = slot(policy=DuoPolicy("fixed", path=path))
     counts = count_rows(s)
     x = torch.randn(2, 6, D)
     valid = torch.arange(6) < torch.tensor([6, 4]).unsqueeze(1)
+
+    def no_sort(*args, **kwargs):
+        raise AssertionError("the dispatch ran (torch.sort)")
+
+    monkeypatch.setattr(torch, "sort", no_sort)
     with torch.no_grad():
         y = s(x, valid)
-    assert counts == {"0": 0, "1": 0}  # no combine: the path ran directly
+    monkeypatch.undo()
+    assert counts == {key: (10 if int(key) == path else 0) for key in ("0", "1")}
     assert torch.allclose(y, reference(s, x, torch.full((2, 6), path)) * valid.unsqueeze(-1), atol=1e-6)
     assert (s.last.routing.expert[:, 0] == path).all() and s.last.routing.expert.shape[0] == 10
 
 
 def count_rows(s):
-    """Wrap each path's combine to count the rows it receives."""
+    """Wrap each path's entry points (``combine`` with autograd, ``dense`` without) to count
+    the rows it receives."""
     counts = {key: 0 for key in s.experts.paths}
 
-    def wrap(key, combine):
-        def counted(flat, rows, *args):
-            counts[key] += rows.shape[0]
-            return combine(flat, rows, *args)
+    def wrap(key, fn, rows_arg):
+        def counted(*args):
+            counts[key] += args[rows_arg].shape[0]
+            return fn(*args)
 
         return counted
 
     for key, experts in s.experts.paths.items():
-        experts.combine = wrap(key, experts.combine)
+        experts.combine = wrap(key, experts.combine, 1)
+        experts.dense = wrap(key, experts.dense, 0)
     return counts
 
 
@@ -145,24 +153,28 @@ def test_skip_rows_cost_no_matmul(grad):
     s = slot(policy=DuoPolicy("random", probs=(0.2, 0.3, 0.5)))
     s.eval()
     counts = count_rows(s)
-    calls = []
-    original = Experts._by_slices
+    matmul_rows = []
+    for name in ("addmm", "baddbmm"):
+        original = getattr(torch, name)
 
-    def spy(self, path, g, flat, rows, *args):
-        calls.append(rows.shape[0])
-        return original(self, path, g, flat, rows, *args)
+        def spy(bias, a, *args, _original=original, **kwargs):
+            matmul_rows.append(a.shape[-2] * (a.shape[0] if a.dim() == 3 else 1))
+            return _original(bias, a, *args, **kwargs)
 
+        setattr(torch, f"_duo_test_{name}", original)
+        setattr(torch, name, spy)
     x = torch.randn(4, 50, D, requires_grad=grad)
     valid = torch.arange(50) < torch.tensor([50, 40, 30, 20]).unsqueeze(1)
-    Experts._by_slices = spy
     try:
         with torch.set_grad_enabled(grad):
             s(x, valid)
     finally:
-        Experts._by_slices = original
+        for name in ("addmm", "baddbmm"):
+            setattr(torch, name, getattr(torch, f"_duo_test_{name}"))
     paths = s.last.routing.expert[:, 0]
     assert counts == {"0": int((paths == 0).sum()), "1": int((paths == 1).sum())}
-    assert sum(calls) == int((paths != 2).sum()) == valid.sum() - (paths == 2).sum()  # skip rows reach no matmul
+    # two matmuls per frame on a computed path (first and second layer); none for a skip frame
+    assert sum(matmul_rows) == 2 * int((paths != 2).sum()) and (paths == 2).sum() > 0
 
 
 def test_a_path_without_frames_is_not_called_at_inference_but_takes_part_in_backward():
