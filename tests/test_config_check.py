@@ -33,6 +33,7 @@ WRONG_MOE = {
     "capacity_factor": ["1.25", True, [1.25]],
     "moe_macaron": ["yes", 1, 0.0],
     "router_groups": ["1", 1.0, True],
+    "router_per_ffn_position": ["yes", 1, 0.0],
 }
 # ... and values of the right type that an ESPnet user writes (an int where a float belongs).
 RIGHT_MOE = {
@@ -43,6 +44,7 @@ RIGHT_MOE = {
     "capacity_factor": 2,
     "moe_macaron": False,
     "router_groups": 3,
+    "router_per_ffn_position": True,
 }
 
 
@@ -125,7 +127,7 @@ def test_print_config_lists_the_keys_with_their_defaults(monkeypatch):
     """What ``asr_train --print_config`` prints (ESPnet's get_default_config reads sys.argv)."""
     monkeypatch.setattr(sys, "argv", ["asr_train", "--encoder", "omni_router_conformer", "--model", "moe_espnet"])
     conf = ASRTask.get_default_config()
-    assert list(conf["encoder_conf"])[:7] == list(WRONG_MOE)
+    assert list(conf["encoder_conf"])[:8] == list(WRONG_MOE)
     assert conf["encoder_conf"]["moe_macaron"] is None and conf["encoder_conf"]["router_groups"] == 1
     assert conf["encoder_conf"]["cnn_module_kernel"] == 31
     assert conf["model_conf"]["moe_aux_weight"] == 0.01 and "ctc_weight" in conf["model_conf"]

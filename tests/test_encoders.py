@@ -84,6 +84,36 @@ def test_router_groups():
     assert [list(enc.routers).index(m.router) for m in ffns] == [0, 0, 1, 1, 2, 2]
 
 
+def test_router_per_ffn_position():
+    enc = OmniRouterConformerEncoder(20, num_experts=4, router_per_ffn_position=True, **CONFORMER)
+    assert router_keys(enc) == ["routers.0.weight", "routers.1.weight"]
+    ffns = enc.moe_ffns()  # 3 blocks x (macaron, second FFN): alternate between the two routers
+    assert [list(enc.routers).index(m.router) for m in ffns] == [0, 1, 0, 1, 0, 1]
+    x = torch.randn(2, 40, 20)
+    y, _, _ = enc(x, torch.tensor([40, 30]))
+    aux = moe_aux_losses(enc.moe_records())
+    (y.sum() + aux["lb"] + aux["z"]).backward()
+    assert all(r.weight.grad is not None and r.weight.grad.abs().sum() > 0 for r in enc.routers)
+    fresh = OmniRouterConformerEncoder(20, num_experts=4, router_per_ffn_position=True, **CONFORMER)
+    fresh.load_state_dict(enc.state_dict(), strict=True)
+    # without macaron FFNs there is one position: one router
+    one = OmniRouterConformerEncoder(20, num_experts=4, router_per_ffn_position=True, moe_macaron=False, **CONFORMER)
+    assert router_keys(one) == ["routers.0.weight"]
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, message",
+    [
+        (OmniRouterConformerEncoder, dict(CONFORMER, router_groups=3), r"router_per_ffn_position: true .* cannot be combined with router_groups: 3"),
+        (SwitchConformerEncoder, CONFORMER, r"encoder_conf\.router_per_ffn_position is for omni_router_conformer"),
+        (OmniRouterTransformerEncoder, SMALL, r"encoder_conf\.router_per_ffn_position is for omni_router_conformer"),
+    ],
+)
+def test_router_per_ffn_position_errors(cls, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        cls(20, num_experts=4, router_per_ffn_position=True, **kwargs)
+
+
 def test_strict_state_dict_roundtrip():
     a = OmniRouterConformerEncoder(20, num_experts=4, **CONFORMER)
     b = OmniRouterConformerEncoder(20, num_experts=4, **CONFORMER)
@@ -251,7 +281,9 @@ def test_build_model_from_conf(config, tmp_path):
         conf = yaml.safe_load(f)
     model = ASRTask.build_model(build_args(config, tmp_path))
     keys = router_keys(model.encoder)
-    if conf["encoder"].startswith("omni_router"):
+    if conf["encoder"].startswith("omni_router") and conf["encoder_conf"].get("router_per_ffn_position"):
+        assert len(keys) == 2  # macaron and second FFN positions
+    elif conf["encoder"].startswith("omni_router"):
         assert len(keys) == conf["encoder_conf"].get("router_groups", 1)
     elif conf["encoder"].startswith("switch"):
         assert len(keys) == len(model.encoder.moe_ffns()) > 0

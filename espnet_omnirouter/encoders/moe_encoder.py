@@ -3,7 +3,8 @@
 The base encoder is built exactly as ESPnet builds it; afterwards each selected
 ``PositionwiseFeedForward`` is replaced by a :class:`MoEFeedForward` whose experts keep its
 width, activation and dropout.  Switch encoders give every MoE FFN its own router; Omni-router
-encoders own ``router_groups`` routers (1 by default) that consecutive MoE FFNs share.
+encoders own ``router_groups`` routers (1 by default) that consecutive MoE FFNs share, or, with
+``router_per_ffn_position``, one router per FFN position of the Conformer block (macaron, second).
 """
 import inspect
 from typing import List, Optional
@@ -137,6 +138,8 @@ class MoEEncoderMixin(FFNSlotsMixin):
             default: when the blocks have one, i.e. with ``macaron_style: true``).
         router_groups: Omni-router only: number of routers shared by consecutive groups of
             MoE FFNs (1 = one router for all, the paper's Omni-router).
+        router_per_ffn_position: Omni-router Conformer only: one shared router per FFN
+            position instead: one for all macaron FFNs, one for all second FFNs.
 
     Every key is type-checked (:mod:`espnet_omnirouter.config_check`: the error names
     ``encoder_conf.<key>``), and a key that neither we nor the ESPnet encoder take is
@@ -156,9 +159,20 @@ class MoEEncoderMixin(FFNSlotsMixin):
         capacity_factor: Optional[float] = None,
         moe_macaron: Optional[bool] = None,
         router_groups: Optional[int] = None,
+        router_per_ffn_position: Optional[bool] = None,
         **encoder_kwargs,
     ):
         published = inspect.signature(type(self)).parameters
+        if router_per_ffn_position is not None and "router_per_ffn_position" not in published:
+            raise ValueError(
+                "encoder_conf.router_per_ffn_position is for omni_router_conformer (a block with two FFNs); "
+                f"{type(self).__name__} does not take it"
+            )
+        if router_per_ffn_position and router_groups not in (None, 1):
+            raise ValueError(
+                "encoder_conf.router_per_ffn_position: true gives one router per FFN position; "
+                f"it cannot be combined with router_groups: {router_groups} (set router_groups: 1)"
+            )
         if router_groups is not None and "router_groups" not in published:
             raise ValueError(
                 "encoder_conf.router_groups is for omni_router_* encoders; switch_* encoders have one router per MoE FFN"
@@ -181,24 +195,29 @@ class MoEEncoderMixin(FFNSlotsMixin):
 
         names = self._ffn_names(moe_layers, moe_macaron, "moe_layers", "moe_macaron")
 
-        if self.shared_router:
+        if router_per_ffn_position:
+            positions = sorted({n.rsplit(".", 1)[1] for n in names}, key=[_MACARON_FFN, _FFN].index)
+            router_of = [positions.index(n.rsplit(".", 1)[1]) for n in names]
+            groups = len(positions)
+        elif self.shared_router:
             groups = 1 if router_groups is None else router_groups
             if groups < 1 or len(names) % groups:
                 raise ValueError(
                     f"encoder_conf.router_groups must divide the {len(names)} MoE FFNs, got {router_groups}"
                 )
+            router_of = [j // (len(names) // groups) for j in range(len(names))]
         else:
             groups = len(names)
+            router_of = list(range(groups))
 
         d_model = self.output_size()
         routers = [Router(d_model, num_experts, top_k, router_jitter) for _ in range(groups)]
         if self.shared_router:
             self.routers = torch.nn.ModuleList(routers)
-        per_group = len(names) // groups
 
         def make(j: int, ffn: PositionwiseFeedForward) -> MoEFeedForward:
             experts = Experts(num_experts, d_model, ffn.w_1.out_features, ffn.activation, ffn.dropout.p)
-            return MoEFeedForward(routers[j // per_group], experts, capacity_factor, own_router=not self.shared_router)
+            return MoEFeedForward(routers[router_of[j]], experts, capacity_factor, own_router=not self.shared_router)
 
         self._replace_ffns(names, make)
         self.moe_names = names
@@ -219,11 +238,12 @@ def moe_signature(cls):
     mixin = inspect.signature(MoEEncoderMixin.__init__).parameters
     skip = {"self", "input_size", "encoder_kwargs"}
     if not cls.shared_router:
-        skip.add("router_groups")
+        skip |= {"router_groups", "router_per_ffn_position"}
     if "macaron_style" not in inspect.signature(base.__init__).parameters:
-        skip.add("moe_macaron")
+        skip |= {"moe_macaron", "router_per_ffn_position"}
+    defaults = {"router_groups": 1, "router_per_ffn_position": False}
     own = [
-        p.replace(default=1) if p.name == "router_groups" else p
+        p.replace(default=defaults[p.name]) if p.name in defaults else p
         for n, p in mixin.items()
         if n not in skip
     ]
