@@ -153,6 +153,11 @@ def test_skip_rows_cost_no_matmul(grad):
     s = slot(policy=DuoPolicy("random", probs=(0.2, 0.3, 0.5)))
     s.eval()
     counts = count_rows(s)
+    entries = {"combine": [], "dense": []}
+    for key, experts in s.experts.paths.items():
+        for name in entries:
+            fn = getattr(experts, name)
+            setattr(experts, name, lambda *a, _fn=fn, _name=name: entries[_name].append(1) or _fn(*a))
     matmul_rows = []
     for name in ("addmm", "baddbmm"):
         original = getattr(torch, name)
@@ -173,6 +178,7 @@ def test_skip_rows_cost_no_matmul(grad):
             setattr(torch, name, getattr(torch, f"_duo_test_{name}"))
     paths = s.last.routing.expert[:, 0]
     assert counts == {"0": int((paths == 0).sum()), "1": int((paths == 1).sum())}
+    assert [len(e) for e in entries.values()] == ([0, 2] if not grad else [2, 0])  # combine with autograd only
     # two matmuls per frame on a computed path (first and second layer); none for a skip frame
     assert sum(matmul_rows) == 2 * int((paths != 2).sum()) and (paths == 2).sum() > 0
 

@@ -69,17 +69,17 @@ class PathExperts(nn.Module):
         Returns:
             ``[R, d]`` in the compute dtype; 0 on rows not in ``rows`` and on skip rows.
 
-        A path that gets no rows still runs (on 0 rows) while autograd records, so that its
-        parameters take part in every backward (DDP needs no ``find_unused_parameters``);
-        at inference it is not called.
+        While autograd records, every path runs through ``Experts.combine`` (its
+        implementations and custom backward), also a path that gets no rows (on 0 rows), so
+        that its parameters take part in every backward (DDP needs no
+        ``find_unused_parameters``); at inference a path without rows is not called.
         """
         bounds = [0] + ends.tolist()  # one host sync (free on CPU), as Experts' own paths
-        records = torch.is_grad_enabled()
+        if not torch.is_grad_enabled() or not (flat.requires_grad or gate.requires_grad or self._has_trainable()):
+            return self._infer(flat, rows, gate, bounds, unique)
         out = None
         for key, experts in self.paths.items():
             start, stop = bounds[int(key)], bounds[int(key) + 1]
-            if start == stop and not records:
-                continue
             size = stop - start
             part = experts.combine(
                 flat,
@@ -90,8 +90,28 @@ class PathExperts(nn.Module):
                 unique,
             )
             out = part if out is None else out + part
-        if out is None:  # every routed row skips
-            out = flat.new_zeros(flat.shape[0], self.d_model, dtype=compute_dtype(flat))
+        return out
+
+    def _has_trainable(self) -> bool:
+        return any(p.requires_grad for p in self.parameters())
+
+    def _infer(self, flat, rows, gate, bounds, unique) -> torch.Tensor:
+        """Without autograd: each non-empty path's rows through its FFN (one GEMM pair on
+        exactly those rows), written into one output buffer; a path without rows is not called.
+        At decoding sizes this is a fixed handful of operators per path, where
+        ``Experts.combine`` would lay out a padded buffer for its single expert."""
+        dtype = compute_dtype(flat)
+        out = flat.new_zeros(flat.shape[0], self.d_model, dtype=dtype)
+        for key, experts in self.paths.items():
+            start, stop = bounds[int(key)], bounds[int(key) + 1]
+            if start == stop:
+                continue
+            rows_p = rows[start:stop]
+            y = experts.dense(flat.index_select(0, rows_p)).mul_(gate[start:stop].to(dtype).unsqueeze(1))
+            if unique:
+                out.index_copy_(0, rows_p, y)
+            else:
+                out.index_add_(0, rows_p, y)
         return out
 
     def extra_repr(self) -> str:
