@@ -11,6 +11,7 @@ dense Conformer of quality.md (its run with the same seed).
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 from typing import Dict, List, Optional
@@ -36,6 +37,28 @@ def mean(xs: List[float]) -> Optional[float]:
 
 def fmt(x, digits=2, suffix="") -> str:
     return "-" if x is None else f"{x:.{digits}f}{suffix}"
+
+
+def stage2_valid_fractions(log: str):
+    """(epoch, {slot: {path: printed fraction}}, printed duo_compute, printed duo_budget_loss) of the last "epoch
+    results" line's validation part in ``log`` (None without one)."""
+    if not os.path.isfile(log):
+        return None
+    last = None
+    with open(log, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if "epoch results" in line and "[valid]" in line:
+                last = line
+    if last is None:
+        return None
+    epoch = re.search(r"(\d+)epoch results", last).group(1)
+    valid = last.split("[valid]", 1)[1]
+    fractions = {}
+    for slot, path, value in re.findall(r"\bduo(\d+)_(big|small|skip)=([0-9.]+)", valid):
+        fractions.setdefault(int(slot), {})[path] = value
+    compute = re.search(r"\bduo_compute=([0-9.]+)", valid)
+    budget = re.search(r"\bduo_budget_loss=([-+0-9.e]+)", valid)
+    return epoch, fractions, compute.group(1) if compute else "-", budget.group(1) if budget else "-"
 
 
 def summarise(data: Dict) -> Dict[str, Dict]:
@@ -197,6 +220,17 @@ def main(argv=None):
         lines.append(f"| {key} | `{st.get('pattern', '-')}` | `{rd.get('pattern', '-')}` | "
                      f"{lb['bias']:.3f} ({lb['dev_compute']:.3f}) |")
     lines.append("")
+    slots = stage2_valid_fractions(os.path.join(data["stage2"], "train.log"))
+    if slots:
+        epoch, fractions, compute, budget = slots
+        lines += [f"## The learned routers per slot (stage 2, `dev` in its epoch {epoch}, from its train.log)", "",
+                  f"Paths taken by the routers as trained (no cost bias): compute {compute}, while the budget loss "
+                  f"`(expected compute - duo_budget)^2` of the router probabilities is {budget}.", "",
+                  "| slot | big | small | skip |", "|---|---|---|---|"]
+        for i, name in enumerate(data["slots"]):
+            f = fractions.get(i, {})
+            lines.append(f"| `{name}` | " + " | ".join(f.get(p, "-") for p in ("big", "small", "skip")) + " |")
+        lines.append("")
     lines.append(f"![Pareto]({os.path.basename(out_png)})")
     with open(out_md, "w") as f:
         f.write("\n".join(lines) + "\n")
