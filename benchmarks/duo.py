@@ -32,6 +32,7 @@ them) interleaved per utterance, median of ``--repeats`` rounds.
 Writes the JSON that ``benchmarks/duo_report.py`` turns into duo.md and duo_pareto.png.
 """
 import argparse
+import json
 import os
 import random
 import statistics
@@ -242,38 +243,12 @@ def calibrate_bias(study: Study, feats, budget: float, steps: int = 10) -> tuple
     return best
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--stage1", required=True, help="exp dir of the stage-1 (random routing) Duo model")
-    p.add_argument("--stage2", required=True, help="exp dir of the stage-2 (learned routers) Duo model")
-    p.add_argument("--checkpoint", default="valid.acc.ave.pth")
-    p.add_argument("--data", default="dump/raw", help="data root with <set>/wav.scp and <set>/text")
-    p.add_argument("--dev", default="dev")
-    p.add_argument("--test_sets", nargs="+", default=TESTS)
-    p.add_argument("--budgets", type=float, nargs="+", default=[1.0, 0.75, 0.5, 0.25])
-    p.add_argument("--dev_utts", type=int, default=40, help="dev utterances of the pattern searches and calibration")
-    p.add_argument("--oracle_utts", type=int, default=30, help="utterances per test set of the per-utterance oracle")
-    p.add_argument("--random_patterns", type=int, default=10)
-    p.add_argument("--rtf_utts", type=int, default=12)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--dense_config", default=None, help="dense Conformer config for the speed reference")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
-    args = p.parse_args(argv)
-    for b in args.budgets:
-        if not 0.0 <= b <= 1.0:
-            raise SystemExit(f"--budgets: {b} is not in [0, 1]")
-    torch.set_num_threads(args.threads)
-    rng = random.Random(args.seed)
-    t_start = time.time()
-
-    stage1, stage2 = Model(args.stage1, args.checkpoint), Model(args.stage2, args.checkpoint)
-    s1, s2 = Study(stage1, args.batch), Study(stage2, args.batch)
-    costs, num_slots = s1.costs, s1.num_slots
+def run_study(args, s1, s2, stage1, rng, t_start):
+    """The searches and the decodes of every point: (points, results, oracle patterns,
+    learned biases, dev utterance indices)."""
     from espnet_omnirouter.inference.duo_search import greedy_descent, pattern_cost
 
+    costs, num_slots = s1.costs, s1.num_slots
     dev_utts, dev_wavs, dev_texts = read_set(args.data, args.dev, args.dev_utts)
     dev_feats = s1.feats("dev", dev_wavs)
     dev_targets = [stage1.targets(t) for t in dev_texts]
@@ -317,13 +292,7 @@ def main(argv=None):
         points[f"learned@{b:g}"] = {"budget": b, "policy": "learned", "bias": biases[b][0]}
         points[f"oracle@{b:g}"] = {"budget": b, "policy": "oracle"}
 
-    def setter(study, point):
-        if point["policy"] in ("big", "small"):
-            pat = ("B" if point["policy"] == "big" else "S") * num_slots
-            return lambda idx: study.set_patterns([pat] * len(idx))
-        if point["policy"] in ("static", "random"):
-            return lambda idx: study.set_patterns([point["pattern"]] * len(idx))
-        return lambda idx: study.set_learned(point["bias"])
+    setter = policy_setter(num_slots)
 
     results = {name: {"sets": {}} for name in points}
     oracle_patterns = {}
@@ -355,6 +324,69 @@ def main(argv=None):
                 "utts": len(errors),
             }
         print(f"# {test} done at {time.time() - t_start:.0f} s", flush=True)
+
+    return points, results, oracle_patterns, biases, dev_order
+
+
+def policy_setter(num_slots):
+    def setter(study, point):
+        if point["policy"] in ("big", "small"):
+            pat = ("B" if point["policy"] == "big" else "S") * num_slots
+            return lambda idx: study.set_patterns([pat] * len(idx))
+        if point["policy"] in ("static", "random"):
+            return lambda idx: study.set_patterns([point["pattern"]] * len(idx))
+        return lambda idx: study.set_learned(point["bias"])
+
+    return setter
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--stage1", required=True, help="exp dir of the stage-1 (random routing) Duo model")
+    p.add_argument("--stage2", required=True, help="exp dir of the stage-2 (learned routers) Duo model")
+    p.add_argument("--checkpoint", default="valid.acc.ave.pth")
+    p.add_argument("--data", default="dump/raw", help="data root with <set>/wav.scp and <set>/text")
+    p.add_argument("--dev", default="dev")
+    p.add_argument("--test_sets", nargs="+", default=TESTS)
+    p.add_argument("--budgets", type=float, nargs="+", default=[1.0, 0.75, 0.5, 0.25])
+    p.add_argument("--dev_utts", type=int, default=40, help="dev utterances of the pattern searches and calibration")
+    p.add_argument("--oracle_utts", type=int, default=30, help="utterances per test set of the per-utterance oracle")
+    p.add_argument("--random_patterns", type=int, default=10)
+    p.add_argument("--rtf_utts", type=int, default=12)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--dense_config", default=None, help="dense Conformer config for the speed reference")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--speed_from", default=None,
+                   help="a JSON of an earlier run: measure only the speed of its points again (its WERs, "
+                        "patterns and biases are kept, and the JSON says so)")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    for b in args.budgets:
+        if not 0.0 <= b <= 1.0:
+            raise SystemExit(f"--budgets: {b} is not in [0, 1]")
+    torch.set_num_threads(args.threads)
+    rng = random.Random(args.seed)
+    t_start = time.time()
+
+    stage1, stage2 = Model(args.stage1, args.checkpoint), Model(args.stage2, args.checkpoint)
+    s1, s2 = Study(stage1, args.batch), Study(stage2, args.batch)
+    costs, num_slots = s1.costs, s1.num_slots
+    if args.speed_from:
+        with open(args.speed_from) as f:
+            earlier = json.load(f)
+        points, results = earlier["points"], earlier["results"]
+        oracle_patterns = {t: {float(b): v for b, v in d.items()} for t, d in earlier["oracle_patterns"].items()}
+        biases = {float(b): (v["bias"], v["dev_compute"]) for b, v in earlier["learned_bias"].items()}
+        dev_order = list(range(earlier["dev"]["utts"]))
+        args.budgets, args.dev = earlier["budgets"], earlier["dev"]["set"]
+        args.oracle_utts, args.random_patterns = earlier["oracle_utts"], earlier["random_patterns"]
+        if earlier["stage1"] != os.path.abspath(args.stage1) or earlier["stage2"] != os.path.abspath(args.stage2):
+            raise SystemExit(f"--speed_from {args.speed_from}: measured other models ({earlier['stage1']}, {earlier['stage2']})")
+    else:
+        points, results, oracle_patterns, biases, dev_order = run_study(args, s1, s2, stage1, rng, t_start)
+    setter = policy_setter(num_slots)
 
     # Speed: batch 1, encoder + greedy CTC from the waveform, interleaved per utterance.
     utts, wavs, texts = read_set(args.data, args.test_sets[0], args.rtf_utts)
@@ -441,6 +473,8 @@ def main(argv=None):
                   "dense_config": args.dense_config, "rtf": timed},
         "wall_s": time.time() - t_start,
     }
+    if args.speed_from:  # what was not measured again
+        payload["wers_from"] = {k: earlier.get(k) for k in ("command", "commit")}
     write_json(args.out, payload)
 
 

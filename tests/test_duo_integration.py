@@ -378,3 +378,62 @@ def test_ddp_steps_keep_the_ranks_identical(ddp_results, routing):
         assert not any("experts.paths.1" in n for n in trained)  # no frame: zero gradient
     else:
         assert all(n in trained for n in routers)  # straight-through: the task loss trains them
+
+
+# ---------------------------------------------------------------------------------------------
+# The study script (benchmarks/duo.py and duo_report.py) on the tiny models
+
+
+def test_duo_study_script_on_the_tiny_models(duo, tmp_path):
+    import json
+    import sys
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import duo as duo_study
+    import duo_report
+
+    root = tmp_path / "dump"
+    root.mkdir()
+    for name in ("dev", "test_seen"):
+        os.symlink(duo["data"], root / name)
+    out = str(tmp_path / "duo.json")
+    duo_study.main([
+        "--stage1", duo["exp1"], "--stage2", duo["exp2"], "--checkpoint", "1epoch.pth", "--data", str(root),
+        "--test_sets", "test_seen", "--budgets", "1.0", "0.5", "--dev_utts", "4", "--oracle_utts", "3",
+        "--random_patterns", "3", "--rtf_utts", "2", "--repeats", "1", "--threads", "1", "--out", out,
+    ])
+    with open(out) as f:
+        data = json.load(f)
+    res = {name: r["sets"]["test_seen"] for name, r in data["results"].items()}
+    assert res["big"]["compute"] == pytest.approx(1.0) and res["small"]["compute"] == pytest.approx(COSTS["small"])
+    for name, point in data["points"].items():
+        if point["policy"] in ("static", "random", "oracle"):
+            assert res[name]["compute"] <= point["budget"] + 1e-6, (name, res[name])
+        if point["policy"] in ("static", "random"):
+            assert len(point["pattern"]) == NUM_SLOTS and set(point["pattern"]) <= set("BSK")
+    assert res["oracle@0.5"]["wer"] is None and res["oracle@0.5"]["utts"] == 3  # the oracle subset only
+    assert all(0 <= r["wer_oracle_subset"] for r in res.values())
+    assert set(data["speed"]["rtf"]) >= {"big", "small", "learned@0.5", "static@0.5", "oracle@0.5"}
+    assert all(len(p) == NUM_SLOTS for p in data["oracle_patterns"]["test_seen"]["0.5"])
+
+    # speed only, again, from the JSON: everything else is kept
+    again = str(tmp_path / "duo_speed.json")
+    duo_study.main([
+        "--stage1", duo["exp1"], "--stage2", duo["exp2"], "--checkpoint", "1epoch.pth", "--data", str(root),
+        "--test_sets", "test_seen", "--rtf_utts", "2", "--repeats", "1", "--threads", "1",
+        "--speed_from", out, "--out", again,
+    ])
+    with open(again) as f:
+        data2 = json.load(f)
+    assert data2["results"] == data["results"] and data2["points"] == data["points"]
+    assert data2["wers_from"]["command"] == data["command"] and set(data2["speed"]["rtf"]) == set(data["speed"]["rtf"])
+
+    with open(os.path.join(duo["exp2"], "train.log"), "w") as f:  # where asr.sh puts the training log
+        f.write(duo["log2"])
+    duo_report.main(["--json", again])
+    text = (tmp_path / "duo_speed.md").read_text()
+    for heading in ("## WER (%) against compute", "## The oracle, on the first 3 utterances", "## Findings",
+                    "## Patterns", "## The learned routers per slot"):
+        assert heading in text, heading
+    assert "measured the speed only" in text
+    assert (tmp_path / "duo_speed_pareto.png").stat().st_size > 10000

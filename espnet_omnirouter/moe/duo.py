@@ -75,6 +75,10 @@ class DuoFeedForward(MoEFeedForward):
             raise ValueError(f"a Duo slot routes top-1, got a router with top_k={router.top_k}")
         super().__init__(router, experts, None, own_router)
         self.register_buffer("costs", experts.costs(), persistent=False)
+        # Rows of the routing record of a fixed or random choice: one-hot probabilities,
+        # zero logits, gate 1 (indexed or expanded, not built per forward).
+        self.register_buffer("_eye", torch.eye(experts.num_experts), persistent=False)
+        self.register_buffer("_one", torch.ones(1, 1), persistent=False)
         self.policy = DuoPolicy()
 
     def route(self, frames: torch.Tensor, index: Optional[torch.Tensor], shape: torch.Size) -> Routing:
@@ -100,10 +104,13 @@ class DuoFeedForward(MoEFeedForward):
         elif isinstance(policy.path, torch.Tensor):
             rows = torch.arange(frames.shape[0], device=frames.device) if index is None else index
             chosen = policy.path.to(frames.device).index_select(0, rows // shape[-1])
-        else:
-            chosen = torch.full((frames.shape[0],), policy.path, dtype=torch.long, device=frames.device)
-        onehot = torch.nn.functional.one_hot(chosen, num_paths).float()
-        return Routing(chosen.unsqueeze(1), onehot.new_ones(chosen.shape[0], 1), onehot, torch.zeros_like(onehot))
+        else:  # one path for all frames: views of one row
+            n = frames.shape[0]
+            expert = torch.full((n, 1), policy.path, dtype=torch.long, device=frames.device)
+            probs = self._eye[policy.path].expand(n, num_paths)
+            return Routing(expert, self._one.expand(n, 1), probs, self._eye[0].new_zeros(()).expand(n, num_paths))
+        onehot = self._eye.index_select(0, chosen)
+        return Routing(chosen.unsqueeze(1), self._one.expand(chosen.shape[0], 1), onehot, torch.zeros_like(onehot))
 
     def _dispatch(self, flat: torch.Tensor, index: Optional[torch.Tensor], routing: Routing):
         """With one fixed path for every frame, that path runs on the routed rows directly
@@ -111,7 +118,7 @@ class DuoFeedForward(MoEFeedForward):
         policy = self.policy
         if policy.kind != "fixed" or isinstance(policy.path, torch.Tensor):
             return super()._dispatch(flat, index, routing)
-        dropped = routing.expert.new_zeros(())
+        dropped = self._eye.new_zeros((), dtype=torch.long)
         experts = self.experts.paths[str(policy.path)] if str(policy.path) in self.experts.paths else None
         if experts is None:
             return flat.new_zeros(flat.shape[0], self.experts.d_model, dtype=compute_dtype(flat)), dropped

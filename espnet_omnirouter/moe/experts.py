@@ -177,10 +177,14 @@ class Experts(nn.Module):
         """Expert 0 on every row of ``x`` ``[N, d]`` (for ``E == 1``: a plain FFN, with autograd)."""
         if self.num_experts != 1:
             raise ValueError(f"Experts.dense runs a single expert; this one has {self.num_experts}")
-        x = x.to(compute_dtype(x))
-        with torch.autocast(x.device.type, enabled=False):
-            hidden = self._hidden(torch.addmm(self.b1[0].to(x.dtype), x, self.w1[0].to(x.dtype)))
-            return torch.addmm(self.b2[0].to(x.dtype), hidden, self.w2[0].to(x.dtype))
+        dtype = compute_dtype(x)
+        w1, b1, w2, b2 = self.w1[0], self.b1[0], self.w2[0], self.b2[0]
+        if dtype != w1.dtype or dtype != x.dtype:  # (casts only where needed: each is an operator)
+            x, w1, b1, w2, b2 = (t.to(dtype) for t in (x, w1, b1, w2, b2))
+        if torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return torch.addmm(b2, self._hidden(torch.addmm(b1, x, w1)), w2)
+        return torch.addmm(b2, self._hidden(torch.addmm(b1, x, w1)), w2)
 
     def combine(
         self,
