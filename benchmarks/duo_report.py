@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 OOD = ["test_unseen_voice", "test_noisy", "test_tempo", "test_real"]
 LABELS = {"big": "all big", "small": "all small", "learned": "learned router (as trained)"}
 POLICY_LABELS = {"static": "best static pattern (dev)", "random": "best random pattern (dev)",
-                 "learned": "learned router at budget", "oracle": "oracle (per utterance)"}
+                 "learned": "learned router (calibrated)", "oracle": "oracle (per utterance)"}
 
 
 def label(name: str, point: Dict) -> str:
@@ -261,6 +261,9 @@ def main(argv=None):
                 ys = [rows[n]["wer"]["test_seen"] if key == "test_seen" else rows[n]["ood"] for n in names]
                 lab = POLICY_LABELS[policy]
             ax.plot(xs, ys, marker=marker, label=lab)
+        y_sub = big["sub"]["test_seen"] if key == "test_seen" else big["sub_ood"]
+        ax.plot([big["compute"]], [y_sub], marker="D", linestyle="none", markerfacecolor="none", color="tab:red",
+                label=f"all big on the oracle's {n_sub} utts/set")
         for name, marker in (("big", "D"), ("small", "v")):
             y = rows[name]["wer"]["test_seen"] if key == "test_seen" else rows[name]["ood"]
             ax.plot([rows[name]["compute"]], [y], marker=marker, linestyle="none", color="k", label=LABELS[name])
