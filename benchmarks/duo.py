@@ -44,6 +44,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _bench import git_commit, machine_info, write_json  # noqa: E402
+from encoder_infer import greedy_ctc as greedy  # noqa: E402
+from roe import edit_distance  # noqa: E402
 
 TESTS = ["test_seen", "test_unseen_voice", "test_noisy", "test_tempo", "test_real"]
 
@@ -121,11 +123,6 @@ class Model:
         return "".join(" " if self.tokens[i] == "<space>" else self.tokens[i] for i in ids).strip()
 
 
-def greedy(logp, lengths, blank=0) -> List[List[int]]:
-    best = logp.argmax(-1)
-    return [[t for t in torch.unique_consecutive(b[:n]).tolist() if t != blank] for b, n in zip(best, lengths)]
-
-
 def ctc_losses(logp, elens, targets: List[List[int]]) -> List[float]:
     flat = torch.tensor([t for tt in targets for t in tt], dtype=torch.long)
     tlens = torch.tensor([len(t) for t in targets])
@@ -134,13 +131,7 @@ def ctc_losses(logp, elens, targets: List[List[int]]) -> List[float]:
 
 
 def word_errors(ref: str, hyp: str) -> int:
-    r, h = ref.split(), hyp.split()
-    row = list(range(len(h) + 1))
-    for i, rw in enumerate(r, 1):
-        prev, row[0] = row[0], i
-        for j, hw in enumerate(h, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (rw != hw))
-    return row[-1]
+    return edit_distance(ref.split(), hyp.split())
 
 
 class Study:
@@ -393,17 +384,11 @@ def main(argv=None):
     timed = {}
     dense = None
     if args.dense_config:
-        import espnet_omnirouter  # noqa: F401
-        from espnet2.tasks.asr import ASRTask
-        import yaml
+        from espnet2.tasks.asr import ASRTask  # (our encoders are registered: Model imported the plugin)
 
-        with open(args.dense_config) as f:
-            conf = yaml.safe_load(f)
-        parser = ASRTask.get_parser()
-        dargs = parser.parse_args(["--config", args.dense_config, "--token_list", os.path.join(args.stage1, "config.yaml")])
-        dargs.token_list = list(stage1.tokens)
+        dargs = ASRTask.get_parser().parse_args(["--config", args.dense_config])
+        dargs.token_list = list(stage1.tokens)  # the Duo model's vocabulary: the same output layer
         dense = ASRTask.build_model(dargs).eval()
-        del conf
 
     def step(model, wav):
         with torch.inference_mode():

@@ -18,7 +18,7 @@ from espnet_omnirouter.encoders import DuoConformerEncoder
 from espnet_omnirouter.moe import PATHS
 from espnet_omnirouter.moe.duo import duo_path_fractions
 
-from tiny_asr_data import PYTHON, ROOT, run, train_args, write_data
+from tiny_asr_data import PYTHON, ROOT, inference_args, run, train_args, write_data
 
 STAGE1 = os.path.join(ROOT, "conf", "tiny", "train_asr_duo_conformer.yaml")
 STAGE2 = os.path.join(ROOT, "conf", "tiny", "train_asr_duo_conformer_router.yaml")
@@ -133,22 +133,6 @@ FIXED_COMPUTE = {
 }
 COMPUTE_LINE = re.compile(r"Duo compute \(relative to all-big\): (\S+)$", re.M)
 INFERENCE = [PYTHON, "-m", "espnet_omnirouter.bin.asr_inference"]
-
-
-def inference_args(config, model_file, data, out, *extra):
-    """Options of our ``asr_inference`` (``model_file`` None: none, ESPnet builds the model untrained)."""
-    args = [
-        "--asr_train_config", config,
-        "--data_path_and_name_and_type", f"{data}/wav.scp,speech,sound",
-        "--output_dir", out,
-        "--ngpu", "0",
-        "--batch_size", "1",
-        "--beam_size", "2",
-        "--ctc_weight", "0.3",
-    ]
-    if model_file is not None:
-        args += ["--asr_model_file", model_file]
-    return args + list(extra)
 
 
 def utterances(data):
@@ -401,6 +385,7 @@ def test_duo_study_script_on_the_tiny_models(duo, tmp_path):
         "--stage1", duo["exp1"], "--stage2", duo["exp2"], "--checkpoint", "1epoch.pth", "--data", str(root),
         "--test_sets", "test_seen", "--budgets", "1.0", "0.5", "--dev_utts", "4", "--oracle_utts", "3",
         "--random_patterns", "3", "--rtf_utts", "2", "--repeats", "1", "--threads", "1", "--out", out,
+        "--dense_config", os.path.join(ROOT, "conf", "tiny", "train_asr_conformer.yaml"),
     ])
     with open(out) as f:
         data = json.load(f)
@@ -413,7 +398,7 @@ def test_duo_study_script_on_the_tiny_models(duo, tmp_path):
             assert len(point["pattern"]) == NUM_SLOTS and set(point["pattern"]) <= set("BSK")
     assert res["oracle@0.5"]["wer"] is None and res["oracle@0.5"]["utts"] == 3  # the oracle subset only
     assert all(0 <= r["wer_oracle_subset"] for r in res.values())
-    assert set(data["speed"]["rtf"]) >= {"big", "small", "learned@0.5", "static@0.5", "oracle@0.5"}
+    assert set(data["speed"]["rtf"]) >= {"big", "small", "learned@0.5", "static@0.5", "oracle@0.5", "dense"}
     assert all(len(p) == NUM_SLOTS for p in data["oracle_patterns"]["test_seen"]["0.5"])
 
     # speed only, again, from the JSON: everything else is kept
@@ -422,6 +407,7 @@ def test_duo_study_script_on_the_tiny_models(duo, tmp_path):
         "--stage1", duo["exp1"], "--stage2", duo["exp2"], "--checkpoint", "1epoch.pth", "--data", str(root),
         "--test_sets", "test_seen", "--rtf_utts", "2", "--repeats", "1", "--threads", "1",
         "--speed_from", out, "--out", again,
+        "--dense_config", os.path.join(ROOT, "conf", "tiny", "train_asr_conformer.yaml"),
     ])
     with open(again) as f:
         data2 = json.load(f)

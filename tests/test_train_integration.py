@@ -9,7 +9,7 @@ import torch
 
 import espnet_omnirouter  # noqa: F401  (a process that loads a model must register first)
 
-from tiny_asr_data import PYTHON, ROOT, run, train_args, write_data
+from tiny_asr_data import PYTHON, ROOT, inference_args, run, train_args, write_data
 
 
 @pytest.fixture(scope="module")
@@ -83,17 +83,8 @@ def test_decode_with_inference_entry_point(trained, tmp_path):
     model_file = sorted(glob.glob(os.path.join(exp, "*.pth")))[-1]
     out = str(tmp_path / "decode")
     run(
-        [
-            PYTHON, "-m", "espnet_omnirouter.bin.asr_inference",
-            "--asr_train_config", os.path.join(exp, "config.yaml"),
-            "--asr_model_file", model_file,
-            "--data_path_and_name_and_type", f"{data}/wav.scp,speech,sound",
-            "--output_dir", out,
-            "--ngpu", "0",
-            "--batch_size", "1",
-            "--beam_size", "2",
-            "--ctc_weight", "0.3",
-        ],
+        [PYTHON, "-m", "espnet_omnirouter.bin.asr_inference",
+         *inference_args(os.path.join(exp, "config.yaml"), model_file, data, out)],
         str(tmp_path / "decode.log"),
     )
     with open(os.path.join(out, "1best_recog", "text")) as f:

@@ -57,6 +57,23 @@ def train_args(data, config, output_dir, *extra):
     return args + list(extra)
 
 
+def inference_args(config, model_file, data, out, *extra):
+    """Options of our ``asr_inference`` for the tiny data set (``model_file`` None: none, ESPnet
+    builds the model untrained)."""
+    args = [
+        "--asr_train_config", config,
+        "--data_path_and_name_and_type", f"{data}/wav.scp,speech,sound",
+        "--output_dir", out,
+        "--ngpu", "0",
+        "--batch_size", "1",
+        "--beam_size", "2",
+        "--ctc_weight", "0.3",
+    ]
+    if model_file is not None:
+        args += ["--asr_model_file", model_file]
+    return args + list(extra)
+
+
 def run(cmd, log, env=None, cwd=ROOT):
     """Run ``cmd`` in ``cwd`` with output to ``log``; raise with the log's tail on failure.
 

@@ -95,12 +95,10 @@ class DuoEncoderMixin(FFNSlotsMixin):
                 router.requires_grad_(False)
 
         def make(j: int, ffn: PositionwiseFeedForward) -> DuoFeedForward:
-            widths = [ffn.w_1.out_features, small, 0]
-            slot = DuoFeedForward(routers[0 if shared else j], PathExperts(d_model, widths, ffn.activation, ffn.dropout.p), not shared)
-            return slot
+            paths = PathExperts(d_model, [ffn.w_1.out_features, small, 0], ffn.activation, ffn.dropout.p)
+            return DuoFeedForward(routers[0 if shared else j], paths, not shared)
 
         self._replace_ffns(names, make)
-        self.duo_names = names
         self.duo_routing = duo_routing
         self.duo_train_probs = tuple(probs)
         self.set_duo_policies([self.training_policy()] * len(names))
@@ -111,9 +109,14 @@ class DuoEncoderMixin(FFNSlotsMixin):
             return DuoPolicy("random", probs=self.duo_train_probs)
         return DuoPolicy("learned")
 
+    @property
+    def duo_names(self) -> List[str]:
+        """Qualified names of the Duo slots, in execution order."""
+        return self.slot_names
+
     def duo_slots(self) -> List[DuoFeedForward]:
         """The Duo slots in execution order."""
-        return [self.get_submodule(n) for n in self.duo_names]
+        return self._slots()
 
     def duo_records(self) -> List[Optional[LayerRouting]]:
         """Each slot's routing in the last forward (None: the slot did not run)."""

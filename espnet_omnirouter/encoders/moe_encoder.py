@@ -220,11 +220,15 @@ class MoEEncoderMixin(FFNSlotsMixin):
             return MoEFeedForward(routers[router_of[j]], experts, capacity_factor, own_router=not self.shared_router)
 
         self._replace_ffns(names, make)
-        self.moe_names = names
+
+    @property
+    def moe_names(self) -> List[str]:
+        """Qualified names of the MoE FFNs, in execution order."""
+        return self.slot_names
 
     def moe_ffns(self) -> List[MoEFeedForward]:
         """The MoE FFNs in execution order."""
-        return [self.get_submodule(n) for n in self.moe_names]
+        return self._slots()
 
     def moe_records(self) -> List[Optional[LayerRouting]]:
         """Each MoE FFN's routing in the last forward (None: the layer was skipped)."""

@@ -23,7 +23,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
-from espnet_omnirouter.moe.experts import compute_dtype
+from espnet_omnirouter.moe.experts import _scatter_rows, compute_dtype
 from espnet_omnirouter.moe.layer import LayerRouting, MoEFeedForward
 from espnet_omnirouter.moe.losses import expert_fractions
 from espnet_omnirouter.moe.paths import PathExperts
@@ -96,7 +96,7 @@ class DuoFeedForward(MoEFeedForward):
                 hard = torch.zeros_like(probs)
                 hard[:, 0] = 1.0
                 return Routing(order, hard + probs - probs.detach(), routing.probs, routing.logits)
-            return Routing(chosen.unsqueeze(1), routing.probs.new_ones(chosen.shape[0], 1), routing.probs, routing.logits)
+            return Routing(chosen.unsqueeze(1), self._one.expand(chosen.shape[0], 1), routing.probs, routing.logits)
         if policy.kind == "random":
             probs = torch.tensor(policy.probs, dtype=torch.float32)
             chosen = torch.multinomial(probs, frames.shape[0], replacement=True, generator=policy.generator)
@@ -108,7 +108,7 @@ class DuoFeedForward(MoEFeedForward):
             n = frames.shape[0]
             expert = torch.full((n, 1), policy.path, dtype=torch.long, device=frames.device)
             probs = self._eye[policy.path].expand(n, num_paths)
-            return Routing(expert, self._one.expand(n, 1), probs, self._eye[0].new_zeros(()).expand(n, num_paths))
+            return Routing(expert, self._one.expand(n, 1), probs, self._eye.new_zeros(()).expand(n, num_paths))
         onehot = self._eye.index_select(0, chosen)
         return Routing(chosen.unsqueeze(1), self._one.expand(chosen.shape[0], 1), onehot, torch.zeros_like(onehot))
 
@@ -124,8 +124,7 @@ class DuoFeedForward(MoEFeedForward):
             return flat.new_zeros(flat.shape[0], self.experts.d_model, dtype=compute_dtype(flat)), dropped
         if index is None:
             return experts.dense(flat), dropped
-        out = flat.new_zeros(flat.shape[0], self.experts.d_model, dtype=compute_dtype(flat))
-        return out.index_copy(0, index, experts.dense(flat.index_select(0, index))), dropped
+        return _scatter_rows(experts.dense(flat.index_select(0, index)), index, flat.shape[0], True), dropped
 
 
 def duo_path_fractions(records: Sequence[Optional[LayerRouting]], num_paths: int) -> torch.Tensor:

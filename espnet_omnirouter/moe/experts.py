@@ -66,6 +66,11 @@ def grouped_mm_supported(x: torch.Tensor, hidden: int, dtype: Optional[torch.dty
     return x.device.type == "cpu" and dtype in (torch.float32, torch.bfloat16, torch.float16)
 
 
+def records_grad(module: nn.Module, *inputs: torch.Tensor) -> bool:
+    """Whether autograd records a call of ``module`` on ``inputs`` (and its parameters)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, *module.parameters()))
+
+
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype the experts compute in: the autocast dtype where autocast is on."""
     device = x.device.type
@@ -148,10 +153,6 @@ class Experts(nn.Module):
         its own)."""
         return self.path(x, x.shape[0], dtype) == "grouped_mm"
 
-    def _records_grad(self, *inputs: torch.Tensor) -> bool:
-        """Whether autograd records a call on ``inputs`` and the parameters."""
-        return torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, *self.parameters()))
-
     def forward(self, x: torch.Tensor, ends: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
         """Run each expert on its contiguous slice of frames.
 
@@ -165,7 +166,7 @@ class Experts(nn.Module):
             ``[M, d]`` expert outputs, in the order of ``x``.
         """
         x = x.to(compute_dtype(x))
-        grad = self._records_grad(x)
+        grad = records_grad(self, x)
         path = self.path(x, x.shape[0], grad=grad)
         if path == "grouped_mm":
             return self._grouped_mm(x, ends, expert)
@@ -211,7 +212,7 @@ class Experts(nn.Module):
             ``[R, d]`` in the compute dtype; rows not in ``rows`` are 0.
         """
         dtype = compute_dtype(flat)
-        grad = self._records_grad(flat, gate)
+        grad = records_grad(self, flat, gate)
         path = self.path(flat, rows.shape[0], dtype, grad=grad)
         if path == "grouped_mm":
             x = _GatherUniqueRows.apply(flat, rows) if unique else flat.index_select(0, rows)

@@ -13,7 +13,7 @@ from typing import List, Sequence
 import torch
 from torch import nn
 
-from espnet_omnirouter.moe.experts import Experts, compute_dtype
+from espnet_omnirouter.moe.experts import Experts, _put_rows, compute_dtype, records_grad
 
 
 class PathExperts(nn.Module):
@@ -75,7 +75,7 @@ class PathExperts(nn.Module):
         ``find_unused_parameters``); at inference a path without rows is not called.
         """
         bounds = [0] + ends.tolist()  # one host sync (free on CPU), as Experts' own paths
-        if not torch.is_grad_enabled() or not (flat.requires_grad or gate.requires_grad or self._has_trainable()):
+        if not records_grad(self, flat, gate):
             return self._infer(flat, rows, gate, bounds, unique)
         out = None
         for key, experts in self.paths.items():
@@ -92,9 +92,6 @@ class PathExperts(nn.Module):
             out = part if out is None else out + part
         return out
 
-    def _has_trainable(self) -> bool:
-        return any(p.requires_grad for p in self.parameters())
-
     def _infer(self, flat, rows, gate, bounds, unique) -> torch.Tensor:
         """Without autograd: each non-empty path's rows through its FFN (one GEMM pair on
         exactly those rows), written into one output buffer; a path without rows is not called.
@@ -108,10 +105,7 @@ class PathExperts(nn.Module):
                 continue
             rows_p = rows[start:stop]
             y = experts.dense(flat.index_select(0, rows_p)).mul_(gate[start:stop].to(dtype).unsqueeze(1))
-            if unique:
-                out.index_copy_(0, rows_p, y)
-            else:
-                out.index_add_(0, rows_p, y)
+            _put_rows(out, rows_p, y, unique)
         return out
 
     def extra_repr(self) -> str:
