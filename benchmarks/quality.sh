@@ -65,6 +65,9 @@
 #                           (>1 only for smoke tests: parallel runs distort the training times)
 #   --stage N / --stop_stage N   1 corpus + stats, 2 models, 3 report      [1 / 3]
 #   --out DIR               report directory                               [<repo>/benchmarks/results]
+#   --report_name NAME      report files <out>/NAME.{md,json}, NAME_loss.png [quality]
+#   --report_args STR       more options of quality_report.py, e.g. reusing rows of an earlier report:
+#                           "--reuse benchmarks/results/quality.json --reuse_models switch omni"
 set -euo pipefail
 
 log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (quality.sh) $*"; }
@@ -92,9 +95,11 @@ jobs=1
 stage=1
 stop_stage=3
 out=${repo}/benchmarks/results
+report_name=quality
+report_args=
 
 _options=(recipe_dir workdir expdir python local_data_opts asr_args inference_config inference_args
-    configs seeds test_sets ood_sets run_opts jobs stage stop_stage out)
+    configs seeds test_sets ood_sets run_opts jobs stage stop_stage out report_name report_args)
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; }
 
@@ -123,6 +128,7 @@ for _s in ${seeds}; do
     [[ "${_s}" =~ ^[0-9]+$ ]] || { err "--seeds: '${_s}' is not a non-negative integer"; exit 2; }
 done
 [ -n "${seeds// /}" ] || { err "--seeds is empty"; exit 2; }
+[[ "${report_name}" =~ ^[A-Za-z0-9_.-]+$ ]] || { err "--report_name: '${report_name}' is not a plain file name"; exit 2; }
 
 if [ -z "${python}" ]; then
     if [ -x "${repo}/.venv/bin/python" ]; then python=${repo}/.venv/bin/python; else python=python3; fi
@@ -260,12 +266,14 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
-    log "Step 3: report -> ${out}/quality.md"
+    log "Step 3: report -> ${out}/${report_name}.md"
+    read -r -a _report_args <<<"${report_args}"
     # shellcheck disable=SC2086
     # (parameter counts: built from each config.yaml here, where its relative paths hold)
     "${python}" "${here}/quality_report.py" --root "${workdir}/${expdir}" --models "${names[@]}" --seeds ${seeds} \
         --decode_tag "${inference_tag}" --ood_sets ${ood_sets} --dump dump/raw --train_set train \
-        --command "${command_line}" --out "${out}"
-    log "report: ${out}/quality.md"
+        --command "${command_line}" --out "${out}" --name "${report_name}" \
+        "${_report_args[@]+"${_report_args[@]}"}"
+    log "report: ${out}/${report_name}.md"
 fi
 log "finished [elapsed=${SECONDS}s]"

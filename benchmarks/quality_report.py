@@ -13,8 +13,10 @@ Reads, for every seed and model, the experiment dir ``<root>/seed<S>/asr_<model>
     quality.sh runs after training; computed on the fly from ``config.yaml`` when missing)
   * ``routing_analysis/summary.json`` (stage 10, MoE models only)
 
-and writes ``<out>/quality.md``, ``<out>/quality.json`` and ``<out>/quality_loss.png``.  Every number
-in them comes from those files; the verdict sentences are generated from the numbers.
+and writes ``<out>/<name>.md``, ``<out>/<name>.json`` and ``<out>/<name>_loss.png`` (``--name``,
+default ``quality``).  Every number in them comes from those files, or, for the models of
+``--reuse_models``, from the JSON of an earlier report (``--reuse``, named in the report); the verdict
+sentences are generated from the numbers.
 
 Conventions: WER/CER in percent as scored by stage 7.  The out-of-domain (OOD) average is the
 unweighted mean of the per-set values over the OOD sets; "OOD pooled" divides the summed errors by
@@ -23,6 +25,8 @@ and the spread is the sample standard deviation (n - 1) over seeds; relative cha
 means: ``100 * (model - reference) / reference``, negative = fewer errors.
 
     quality_report.py --root exp --models dense switch omni --seeds 1 2 3 --out benchmarks/results
+    quality_report.py --root exp --models omni_per_position --seeds 0 1 --name quality_x \\
+        --reuse benchmarks/results/quality.json --reuse_models switch omni
     quality_report.py --count_params exp/seed1/asr_omni
 """
 
@@ -38,14 +42,21 @@ from typing import Dict, List, Optional, Sequence
 
 DEFAULT_OOD = ["test_unseen_voice", "test_noisy", "test_tempo", "test_real"]
 SET_ORDER = ["test_seen", "test_unseen_voice", "test_noisy", "test_tempo", "test_real"]
+# model names of quality.sh --configs -> labels; {backbone} is the encoder family of the run's config.yaml
 LABELS = {
-    "dense": "Dense Conformer",
-    "switch": "Switch Conformer",
-    "omni": "Omni-router Conformer",
+    "dense": "Dense {backbone}",
+    "switch": "Switch {backbone}",
+    "omni": "Omni-router {backbone}",
+    # conf/tuning/train_asr_omni_router_conformer_per_position.yaml (encoder_conf.router_per_ffn_position)
+    "omni_per_position": "Omni-router {backbone}, one router per FFN position",
     # conf/tuning/train_asr_omni_router_conformer_router_aux.yaml (diagnostic)
     "omni_router_aux": "Omni-router, aux losses per router",
 }
-SHORT = {"dense": "dense", "switch": "Switch", "omni": "Omni-router", "omni_router_aux": "Omni-router (aux/router)"}
+SHORT = {"dense": "dense", "switch": "Switch", "omni": "Omni-router", "omni_router_aux": "Omni-router (aux/router)",
+         "omni_per_position": "Omni-router per FFN position"}
+# compared pairs (model, reference), when both are in the report
+PAIRS = (("omni", "switch"), ("omni_per_position", "switch"), ("omni_per_position", "omni"),
+         ("omni", "dense"), ("omni_per_position", "dense"), ("switch", "dense"))
 REFERENCES = ("dense", "switch")  # relative changes are given against these models (when present)
 
 
@@ -129,7 +140,7 @@ def curves(epochs: Dict[int, Dict]) -> Dict:
     """Per-epoch curves.  ``*_loss_asr`` is the ASR loss (CTC + attention): ``loss_asr`` of
     moe_espnet models (their ``loss`` adds the MoE auxiliary losses), ``loss`` of ESPnet's model."""
     out = {k: [] for k in ("epoch", "train_loss", "valid_loss", "train_loss_asr", "valid_loss_asr",
-                           "valid_acc", "train_seconds", "valid_seconds")}
+                           "valid_acc", "valid_cer_ctc", "train_seconds", "valid_seconds")}
     for ep, phases in sorted(epochs.items()):
         tr, va = phases.get("train", {}), phases.get("valid", {})
         out["epoch"].append(ep)
@@ -138,6 +149,7 @@ def curves(epochs: Dict[int, Dict]) -> Dict:
         out["train_loss_asr"].append(_num(tr.get("loss_asr", tr.get("loss"))))
         out["valid_loss_asr"].append(_num(va.get("loss_asr", va.get("loss"))))
         out["valid_acc"].append(_num(va.get("acc")))
+        out["valid_cer_ctc"].append(_num(va.get("cer_ctc")))  # greedy CTC CER; CTC-only models have no acc
         out["train_seconds"].append(_num(tr.get("time")))
         # validation and attention plotting belong to the epoch's training time
         extra = [_num(p.get("time")) for n, p in phases.items() if n != "train"]
@@ -146,7 +158,8 @@ def curves(epochs: Dict[int, Dict]) -> Dict:
 
 
 def _num(v):
-    return float(v) if isinstance(v, (int, float)) else None
+    """A finite number, else None (ESPnet logs ``acc=nan`` for models without an attention decoder)."""
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
 # ----------------------------------------------------------------------------- scores
@@ -303,6 +316,7 @@ def collect_run(exp: str, decode_tag: Optional[str], ood_sets: Sequence[str] = D
     cer = {s: e["cer"] for s, e in scores.items() if "cer" in e}
     last = {k: (v[-1] if v else None) for k, v in c.items() if k != "epoch"}
     best_acc = [a for a in c["valid_acc"] if a is not None]
+    best_cer = [a for a in c["valid_cer_ctc"] if a is not None]
     secs = [t for t in c["train_seconds"] + c["valid_seconds"] if t is not None]
     run = {
         "exp": exp,
@@ -322,13 +336,60 @@ def collect_run(exp: str, decode_tag: Optional[str], ood_sets: Sequence[str] = D
             "valid_loss_asr": last["valid_loss_asr"],
             "valid_acc": last["valid_acc"],
             "best_valid_acc": max(best_acc) if best_acc else None,
+            "valid_cer_ctc": last["valid_cer_ctc"],
+            "best_valid_cer_ctc": min(best_cer) if best_cer else None,
         },
         "train_seconds": sum(secs) if secs else None,
         "log_span_seconds": logs["log_span_seconds"],
         "params": read_params(exp, compute_params),
         "routing": read_routing(exp),
+        "encoder": read_encoder(exp),
     }
     return add_ood_aggregates(run, ood_sets)
+
+
+def read_encoder(exp: str) -> Optional[str]:
+    """The ``encoder:`` of ``exp/config.yaml`` (e.g. ``omni_router_transformer``), None without one."""
+    path = os.path.join(exp, "config.yaml")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            m = re.match(r"encoder:\s*(\S+)\s*$", line)
+            if m:
+                return m.group(1)
+    return None
+
+
+def backbone(encoders: Sequence[Optional[str]]) -> str:
+    """"Conformer" or "Transformer" when every run's encoder is of that family, else "encoder"."""
+    kinds = {("Conformer" if "conformer" in e else "Transformer" if "transformer" in e else e)
+             for e in encoders if e}
+    return kinds.pop() if len(kinds) == 1 else "Conformer" if not kinds else "encoder"
+
+
+def model_labels(models: Sequence[str], runs: Sequence[Dict]) -> Dict[str, str]:
+    b = backbone([r.get("encoder") for r in runs])
+    return {m: LABELS.get(m, m).format(backbone=b) for m in models}
+
+
+def load_reused(path: str, models: Sequence[str], seeds: Sequence[int]) -> Dict:
+    """The runs of ``models`` for ``seeds`` from an earlier report's JSON (``quality_report.py --reuse``)."""
+    with open(path, encoding="utf-8") as f:
+        old = json.load(f)
+    runs = {}
+    for s in seeds:
+        for m in models:
+            run = old.get("runs", {}).get(str(s), {}).get(m)
+            if run is None:
+                raise ValueError(f"--reuse {path}: no run of model '{m}' for seed {s} "
+                                 f"(it has seeds {sorted(old.get('runs', {}))}, models {old.get('models')})")
+            run.setdefault("encoder", None)
+            for k in ("valid_cer_ctc", "best_valid_cer_ctc"):
+                run["final"].setdefault(k, None)
+            run["curves"].setdefault("valid_cer_ctc", [None] * len(run["curves"]["epoch"]))
+            runs.setdefault(str(s), {})[m] = run
+    return {"from": path, "command": old.get("command"), "models": list(models), "runs": runs}
 
 
 def add_ood_aggregates(run: Dict, ood_sets: Sequence[str]) -> Dict:
@@ -340,11 +401,20 @@ def add_ood_aggregates(run: Dict, ood_sets: Sequence[str]) -> Dict:
 
 
 def collect(root: str, models: Sequence[str], seeds: Sequence[int], decode_tag: Optional[str] = None,
-            ood_sets: Sequence[str] = DEFAULT_OOD, compute_params: bool = True) -> Dict:
-    """All runs ``<root>/seed<S>/asr_<model>`` plus the summaries over seeds and the verdict."""
+            ood_sets: Sequence[str] = DEFAULT_OOD, compute_params: bool = True,
+            reused: Optional[Dict] = None) -> Dict:
+    """All runs ``<root>/seed<S>/asr_<model>`` plus the summaries over seeds and the verdict.
+
+    ``reused`` (:func:`load_reused`): runs taken from an earlier report instead of ``root``; their
+    models come first in the report."""
     runs, missing = {}, []
+    reused_models = list(reused["models"]) if reused else []
+    models = reused_models + [m for m in models if m not in reused_models]
     for s in seeds:
         for m in models:
+            if m in reused_models:
+                runs.setdefault(str(s), {})[m] = reused["runs"][str(s)][m]
+                continue
             exp = os.path.join(root, f"seed{s}", f"asr_{m}")
             run = collect_run(exp, decode_tag, ood_sets, compute_params) if os.path.isdir(exp) else None
             if run is None or not run["wer"]:
@@ -359,7 +429,7 @@ def collect(root: str, models: Sequence[str], seeds: Sequence[int], decode_tag: 
     result = {
         "root": root,
         "models": list(models),
-        "labels": {m: LABELS.get(m, m) for m in models},
+        "labels": model_labels(models, _runs(runs)),
         "seeds": [int(s) for s in seeds],
         "sets": sets,
         "ood_sets": ood,
@@ -367,6 +437,7 @@ def collect(root: str, models: Sequence[str], seeds: Sequence[int], decode_tag: 
         "decode_tags": sorted({r["decode_tag"] for r in _runs(runs)}),
         "missing": missing,
         "runs": runs,
+        "reused": {k: v for k, v in reused.items() if k != "runs"} if reused else None,
     }
     result["summary"] = summarize(result)
     result["relative"] = relative(result)
@@ -395,7 +466,7 @@ def summarize(result: Dict) -> Dict:
             summ[unit] = {s: mean_std([r[unit].get(s) for r in runs]) for s in result["sets"]}
             for agg in ("ood_avg", "ood_pooled"):
                 summ[f"{unit}_{agg}"] = mean_std([r[f"{unit}_{agg}"] for r in runs])
-        summ["final"] = {k: mean_std([r["final"][k] for r in runs]) for k in runs[0]["final"]}
+        summ["final"] = {k: mean_std([r["final"].get(k) for r in runs]) for k in runs[0]["final"]}
         summ["train_seconds"] = mean_std([r["train_seconds"] for r in runs])
         summ["log_span_seconds"] = mean_std([r["log_span_seconds"] for r in runs])
         summ["params"] = next((r["params"] for r in runs if r["params"]), None)
@@ -496,23 +567,60 @@ def verdict(result: Dict) -> List[str]:
         line = ranking(lambda m, s=s: summ[m]["wer"][s]["mean"], f"in-domain WER ({s})")
         if line:
             lines.append(line)
-    pairs = [(a, b) for a, b in (("omni", "switch"), ("omni", "dense"), ("switch", "dense"))
-             if a in models and b in models]
+    pairs = [(a, b) for a, b in PAIRS if a in models and b in models]
     for a, b in pairs:
         lines.append(compare_sentence(result, a, b, "wer", "ood_avg") + ".")
         for s in result["in_domain_sets"]:
             lines.append(compare_sentence(result, a, b, "wer", s) + ".")
-    if "omni" in models and "switch" in models:
-        r = rel_change(summ["omni"]["wer_ood_avg"]["mean"], summ["switch"]["wer_ood_avg"]["mean"])
-        if r is not None and r >= 0:
-            lines.append("Omni-router does **not** beat Switch on the out-of-domain average WER in this run.")
-        elif r is not None:
-            lines.append("Omni-router beats Switch on the out-of-domain average WER in this run.")
+    for a, b in pairs:  # character errors: the finer measure where word errors saturate (CTC-only models)
+        lines.append(compare_sentence(result, a, b, "cer", "ood_avg") + ".")
+    for a, b in pairs:
+        line = compare_loss(result, a, b)
+        if line:
+            lines.append(line + ".")
+    for m in ("omni", "omni_per_position"):
+        if m in models and "switch" in models:
+            r = rel_change(summ[m]["wer_ood_avg"]["mean"], summ["switch"]["wer_ood_avg"]["mean"])
+            name = SHORT[m]
+            if r is not None and r >= 0:
+                lines.append(f"{name} does **not** beat Switch on the out-of-domain average WER in this run.")
+            elif r is not None:
+                lines.append(f"{name} beats Switch on the out-of-domain average WER in this run.")
     return lines
+
+
+def compare_loss(result: Dict, model: str, ref: str, key: str = "train_loss_asr") -> Optional[str]:
+    """E.g. "Final training ASR loss, Omni-router vs Switch: 15.73 vs 14.30 (higher; ...)": the paper
+    behind Omni-router reports a lower training loss than Switch's."""
+    a, b = result["summary"][model]["final"].get(key), result["summary"][ref]["final"].get(key)
+    if not a or not b or a["mean"] is None or b["mean"] is None:
+        return None
+    what = {"train_loss_asr": "training ASR loss", "valid_loss_asr": "validation ASR loss"}[key]
+    word = "lower" if a["mean"] < b["mean"] else "higher" if a["mean"] > b["mean"] else "equal"
+    text = (f"Final {what}, {SHORT.get(model, model)} vs {SHORT.get(ref, ref)}: {a['mean']:.2f} vs "
+            f"{b['mean']:.2f} ({word}")
+    n = min(a["n"], b["n"])
+    if n > 1 and a["std"] is not None and b["std"] is not None:
+        diff, spread = abs(a["mean"] - b["mean"]), max(a["std"], b["std"])
+        text += (f"; the difference ({diff:.2f}) is {'larger' if diff > spread else 'not larger'} than the larger "
+                 f"seed standard deviation ({spread:.2f}) over {n} seeds)")
+    else:
+        text += "; one seed, so no spread estimate)"
+    return text
 
 
 # ----------------------------------------------------------------------------- outputs
 COLORS = {"dense": "tab:gray", "switch": "tab:blue", "omni": "tab:red"}
+
+
+def ctc_only(result: Dict) -> bool:
+    """No run reports an attention accuracy: the models have no attention decoder (``ctc_weight: 1.0``)."""
+    runs = _runs(result["runs"])
+    return bool(runs) and all(v is None for r in runs for v in r["curves"]["valid_acc"])
+
+
+def asr_loss_name(result: Dict) -> str:
+    return "ASR loss (CTC)" if ctc_only(result) else "ASR loss (CTC + attention)"
 
 
 def plot_losses(result: Dict, path: str) -> None:
@@ -544,7 +652,7 @@ def plot_losses(result: Dict, path: str) -> None:
                 ax.fill_between(eps, [min(by_epoch[e]) for e in eps], [max(by_epoch[e]) for e in eps],
                                 color=color, alpha=0.15, linewidth=0)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("ASR loss (CTC + attention)")
+    ax.set_ylabel(asr_loss_name(result))
     n = len(result["seeds"])
     title = "Training (dashed) and validation (solid) loss"
     ax.set_title(title + (f", mean and range over {n} seeds" if n > 1 else ""))
@@ -602,7 +710,7 @@ def markdown(result: Dict) -> str:
     models = [m for m in result["models"] if summ.get(m)]
     n_seeds = len(result["seeds"])
     digits = 1 if n_seeds == 1 else 2
-    out = ["# Quality: dense vs Switch vs Omni-router Conformer", ""]
+    out = [f"# Quality: {' vs '.join(labels[m] for m in result['models'])}", ""]
     out.append("Generated by `benchmarks/quality_report.py` from the run's files (nothing typed by hand).")
     if result.get("command"):
         out.append(f"Command: `{result['command']}`.")
@@ -619,6 +727,11 @@ def markdown(result: Dict) -> str:
                f"{', '.join(result['ood_sets'])}; OOD avg = unweighted mean of the per-set values, OOD pooled = "
                "summed errors / summed reference units")
     out.append(f"- experiments: `{result['root']}/seed<S>/asr_<model>`")
+    if result.get("reused"):
+        ru = result["reused"]
+        out.append(f"- **reused runs**: {', '.join(labels[m] for m in ru['models'])} from `{ru['from']}`"
+                   + (f" (command: `{ru['command']}`)" if ru.get("command") else "")
+                   + (f"; {ru['note']}" if ru.get("note") else ""))
     if result["missing"]:
         out.append(f"- **missing runs** (left out of the means): {'; '.join(result['missing'])}")
     out += ["", "## Verdict", ""] + [f"- {line}" for line in result["verdict"]] + [""]
@@ -642,19 +755,25 @@ def markdown(result: Dict) -> str:
     else:
         out += ["(no reference model: relative changes need `dense` or `switch`)", ""]
 
-    out += ["## Training", "", "![loss curves](quality_loss.png)", "",
-            "ASR loss = CTC + attention loss (for MoE models `loss_asr`: their `loss` also holds the MoE "
-            "auxiliary losses, shown in the `loss` columns). Final = last epoch. Training time = sum of ESPnet's "
+    ctc = ctc_only(result)
+    out += ["## Training", "", f"![loss curves]({result.get('name', 'quality')}_loss.png)", "",
+            ("ASR loss = CTC loss (no attention decoder" if ctc else "ASR loss = CTC + attention loss (")
+            + "; for MoE models `loss_asr`: their `loss` also holds the MoE "
+            "auxiliary losses, shown in the `loss` columns). Final = last epoch. "
+            + ("Valid CER = ESPnet's greedy-CTC `cer_ctc` of validation (the checkpoint criterion). " if ctc else "")
+            + "Training time = sum of ESPnet's "
             "per-epoch `time=` of training and validation; log span = first to last timestamp of the train.log "
             "file(s) (includes start-up, checkpoint averaging).", ""]
-    header = ["model", "epochs", "train ASR loss", "valid ASR loss", "train loss", "valid loss", "valid acc",
-              "best valid acc", "training time", "log span"]
+    score = (("valid CER (CTC)", "best valid CER (CTC)", "valid_cer_ctc", "best_valid_cer_ctc") if ctc else
+             ("valid acc", "best valid acc", "valid_acc", "best_valid_acc"))
+    header = ["model", "epochs", "train ASR loss", "valid ASR loss", "train loss", "valid loss", score[0],
+              score[1], "training time", "log span"]
     rows = []
     for m in models:
         f = summ[m]["final"]
         rows.append([labels[m], _fmt(f["epochs"], 1, counts=True), _fmt(f["train_loss_asr"]), _fmt(f["valid_loss_asr"]),
-                     _fmt(f["train_loss"]), _fmt(f["valid_loss"]), _fmt(f["valid_acc"], 4),
-                     _fmt(f["best_valid_acc"], 4), _duration(summ[m]["train_seconds"]),
+                     _fmt(f["train_loss"]), _fmt(f["valid_loss"]), _fmt(f.get(score[2]), 4),
+                     _fmt(f.get(score[3]), 4), _duration(summ[m]["train_seconds"]),
                      _duration(summ[m]["log_span_seconds"])])
     out += _table(header, rows)
 
@@ -725,10 +844,12 @@ def data_info(dump: str, train_set: str, sets: Sequence[str]) -> Optional[Dict]:
             "test_utts": tests}
 
 
-def write_report(result: Dict, out_dir: str) -> Dict[str, str]:
+def write_report(result: Dict, out_dir: str, name: str = "quality") -> Dict[str, str]:
+    """``<out_dir>/<name>.md``, ``<name>.json`` and ``<name>_loss.png``."""
     os.makedirs(out_dir, exist_ok=True)
+    result["name"] = name
     paths = {k: os.path.join(out_dir, f) for k, f in
-             (("md", "quality.md"), ("json", "quality.json"), ("png", "quality_loss.png"))}
+             (("md", f"{name}.md"), ("json", f"{name}.json"), ("png", f"{name}_loss.png"))}
     plot_losses(result, paths["png"])
     with open(paths["md"], "w", encoding="utf-8") as f:
         f.write(markdown(result))
@@ -752,6 +873,11 @@ def main(argv=None) -> int:
     p.add_argument("--train_set", default="train")
     p.add_argument("--command", default=None, help="command line to quote in the report")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    p.add_argument("--name", default="quality", help="report file names: <out>/<name>.{md,json}, <name>_loss.png")
+    p.add_argument("--reuse", metavar="JSON", help="an earlier report's JSON: take the runs of --reuse_models "
+                   "(same seeds) from it instead of training them again")
+    p.add_argument("--reuse_models", nargs="+", default=[], metavar="MODEL")
+    p.add_argument("--reuse_note", default=None, help="why the reused runs stand for the current code (quoted)")
     args = p.parse_args(argv)
 
     if args.count_params:
@@ -763,14 +889,25 @@ def main(argv=None) -> int:
         return 0
     if not args.root:
         p.error("--root is required")
-    result = collect(args.root, args.models, args.seeds, args.decode_tag, args.ood_sets)
+    if bool(args.reuse) != bool(args.reuse_models):
+        p.error("--reuse and --reuse_models go together")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", args.name):
+        p.error(f"--name: '{args.name}' is not a plain file name")
+    reused = None
+    if args.reuse:
+        try:
+            reused = load_reused(args.reuse, args.reuse_models, args.seeds)
+        except (OSError, ValueError) as e:
+            p.error(str(e))
+        reused["note"] = args.reuse_note
+    result = collect(args.root, args.models, args.seeds, args.decode_tag, args.ood_sets, reused=reused)
     if not _runs(result["runs"]):
         print(f"ERROR: no scored run under {args.root}/seed<S>/asr_<model>", file=sys.stderr)
         return 1
     result["command"] = args.command
     if args.dump:
         result["data"] = data_info(args.dump, args.train_set, result["sets"])
-    paths = write_report(result, args.out)
+    paths = write_report(result, args.out, args.name)
     print("\n".join(f"- {line}" for line in result["verdict"]))
     print(f"wrote {paths['md']}, {paths['json']}, {paths['png']}")
     return 0

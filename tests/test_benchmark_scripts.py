@@ -689,3 +689,48 @@ def test_startup_hook_benchmark_measures_every_variant(tmp_path, capsys):
     assert "espnet_omnirouter_hook import (-X importtime" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="--repeats must be >= 1"):
         startup_hook.main(["--repeats", "0"])
+
+
+def test_ctc_only_transformer_report_with_reused_runs(tmp_path):
+    """CTC-only runs (no acc): valid CER columns, the backbone named from config.yaml, the training-loss
+    and CER sentences, runs reused from an earlier report's JSON, and the report's file names."""
+    old = tmp_path / "old"
+    fake_run(old, 0, "switch", wers(8.0, [20.0] * 4), moe=True, epochs=[(1, 45.0, 55.0)])
+    fake_run(old, 0, "omni", wers(9.0, [21.0] * 4), moe=True, epochs=[(1, 44.0, 54.0)])
+    earlier = qr.write_report(qr.collect(str(old), ["switch", "omni"], [0], compute_params=False),
+                              str(tmp_path / "o1"))
+    new = tmp_path / "new"
+    exp = fake_run(new, 0, "omni_per_position", wers(8.5, [19.0] * 4), moe=True, epochs=[(1, 43.0, 53.0)])
+    (exp / "config.yaml").write_text("encoder: omni_router_conformer\nencoder_conf:\n    num_blocks: 2\n")
+    assert qr.main(["--root", str(new), "--models", "omni_per_position", "--seeds", "0", "--name", "quality_pp",
+                    "--reuse", earlier["json"], "--reuse_models", "switch", "omni", "--reuse_note", "same code",
+                    "--out", str(tmp_path / "o2")]) == 0
+    md = (tmp_path / "o2" / "quality_pp.md").read_text()
+    assert (tmp_path / "o2" / "quality_pp_loss.png").stat().st_size > 0 and "](quality_pp_loss.png)" in md
+    assert md.startswith("# Quality: Switch Conformer vs Omni-router Conformer vs Omni-router Conformer, one "
+                         "router per FFN position\n")
+    assert "**reused runs**: Switch Conformer, Omni-router Conformer from `" in md and "; same code" in md
+    assert "Omni-router per FFN position vs Omni-router on out-of-domain average WER: -9.5% relative" in md
+    assert "Final training ASR loss, Omni-router per FFN position vs Switch: 42.90 vs 44.90 (lower; one seed" in md
+    assert "Omni-router per FFN position beats Switch on the out-of-domain average WER" in md
+    assert "| valid acc |" in md  # the Conformer runs report an attention accuracy
+    with pytest.raises(SystemExit):
+        qr.main(["--root", str(new), "--seeds", "1", "--reuse", earlier["json"], "--reuse_models", "switch",
+                 "--out", str(tmp_path / "o3")])  # no seed 1 in the earlier report
+    with pytest.raises(SystemExit):
+        qr.main(["--root", str(new), "--reuse", earlier["json"], "--out", str(tmp_path / "o3")])
+
+    # CTC only: ESPnet logs cer_ctc but no acc in validation
+    ctc = tmp_path / "ctc"
+    for m, (tl, c) in {"dense": (50.0, 0.40), "omni": (48.0, 0.35)}.items():
+        e = fake_run(ctc, 0, m, wers(90.0, [100.0] * 4), moe=m != "dense")
+        line = EPOCH_LINE.format(mm=10, ep=1, tl=tl, vl=60.0, acc="nan", asr="", vasr="", tt="10 seconds")
+        (e / "train.log").write_text(line.replace("acc=nan, ", f"cer_ctc={c}, acc=nan, ") + "\n")
+        (e / "config.yaml").write_text(f"encoder: {'omni_router_transformer' if m == 'omni' else 'transformer'}\n")
+    res = qr.collect(str(ctc), ["dense", "omni"], [0], compute_params=False)
+    assert res["labels"] == {"dense": "Dense Transformer", "omni": "Omni-router Transformer"}
+    assert qr.ctc_only(res) and res["runs"]["0"]["omni"]["final"]["best_valid_cer_ctc"] == pytest.approx(0.35)
+    md = qr.markdown(res)
+    assert "| valid CER (CTC) | best valid CER (CTC) |" in md and "| 0.3500 | 0.3500 |" in md
+    assert "ASR loss = CTC loss (no attention decoder" in md
+    assert "Omni-router vs dense on out-of-domain average CER: +0.0% relative" in md
