@@ -19,9 +19,14 @@
 #   <workdir>/<expdir>/seed<S>/asr_<model>/          training, <decode tag>/<set>/score_{wer,cer},
 #                                                    RESULTS.md, asr_model.zip, routing_analysis/
 #   <workdir>/<expdir>/seed<S>/quality.<model>.log   console output of that model's run.sh
-# Re-running continues: the corpus is not re-synthesised when complete, trainings resume from their
-# last checkpoint (earlier train.log files are kept as train.log.<time>, so the loss curves and
-# training times stay complete), decoding and scoring are redone.
+# Re-running continues: the corpus is not re-synthesised when complete, a model whose run finished
+# (<exp>/quality.done) is kept (delete that file to run it again), an unfinished training resumes
+# from its last checkpoint (earlier train.log files are kept as train.log.<time>, so the loss curves
+# and training times stay complete), decoding and scoring are redone.
+# The report's inputs of every finished run (train.log*, config.yaml, RESULTS.md, the score
+# summaries, routing_analysis/summary.{json,md}: ~150 KB, no checkpoints) are copied to
+# <out>/<report_name>_runs/seed<S>/asr_<model>/; a later call (e.g. on a fresh clone, where exp/ is
+# gone) copies them back and trains only the runs that are missing there.
 #
 # Default size: the corpus of `make demo` (3 h of audio, character targets) and 9 epochs (the demo
 # trains the Omni model 8 epochs with ESPnet's default seed 0, to fit its time budget; trainings are
@@ -211,15 +216,25 @@ run_model() {  # seed name config: stages 5-10 of one model, output to the conso
     ./run.sh "${common[@]}" --stage 5 --stop_stage 10 --expdir "${expdir}/seed${s}" \
         --asr_config "${cfg}" --asr_tag "${name}" --asr_args "--seed ${s} ${asr_args}" \
         --inference_tag "${inference_tag}" --inference_args "${inference_args}" \
-        "${_run_opts[@]+"${_run_opts[@]}"}"
+        "${_run_opts[@]+"${_run_opts[@]}"}" &&
+        "${python}" "${here}/quality_report.py" --count_params "${exp}" && touch "${exp}/quality.done"
 }
+
+keep_run() {  # exp dest: copy the report's inputs of a finished run (no checkpoints)
+    local exp=$1 dest=$2 f
+    mkdir -p "${dest}"
+    (cd "${exp}" && find . \( -name 'train.log*' -o -name config.yaml -o -name RESULTS.md -o -name params.json \
+        -o -name quality.done -o -path './*/*/score_wer/summary.json' -o -path './*/*/score_cer/summary.json' \
+        -o -path './routing_analysis/summary.json' -o -path './routing_analysis/summary.md' \) -type f -print0) |
+        while IFS= read -r -d '' f; do
+            mkdir -p "${dest}/$(dirname "${f}")"
+            cp -p "${exp}/${f}" "${dest}/${f}"
+        done
+}
+kept=${out}/${report_name}_runs
 
 if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
     log "Step 2: train, decode, score, pack and analyse each model"
-    [ -s "${expdir}/asr_stats/train/speech_shape" ] || {
-        err "${workdir}/${expdir}/asr_stats is missing: run step 1 first (--stage 1)"
-        exit 1
-    }
     pids=()
     tasks=()
     for s in ${seeds}; do
@@ -227,6 +242,23 @@ if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
         for i in "${!names[@]}"; do
             name=${names[$i]}
             logf=${expdir}/seed${s}/quality.${name}.log
+            exp=${expdir}/seed${s}/asr_${name}
+            if [ ! -f "${exp}/quality.done" ] && [ -f "${kept}/seed${s}/asr_${name}/quality.done" ]; then
+                log "seed ${s}, ${name}: restored from ${kept}/seed${s}/asr_${name}"
+                rm -rf "${exp}"
+                mkdir -p "${exp}"
+                cp -rp "${kept}/seed${s}/asr_${name}/." "${exp}/"
+            fi
+            if [ -f "${exp}/quality.done" ]; then
+                log "seed ${s}, ${name}: finished earlier (${exp}/quality.done), kept; delete that file to run it again"
+                [ -f "${exp}/params.json" ] || "${python}" "${here}/quality_report.py" --count_params "${exp}"
+                keep_run "${exp}" "${kept}/seed${s}/asr_${name}"
+                continue
+            fi
+            [ -s "${expdir}/asr_stats/train/speech_shape" ] || {
+                err "${workdir}/${expdir}/asr_stats is missing: run step 1 first (--stage 1)"
+                exit 1
+            }
             if [ "${jobs}" -eq 1 ]; then
                 log "seed ${s}, ${name} (${cfgs[$i]}) -> ${expdir}/seed${s}/asr_${name} (log: ${logf})"
                 _t0=${SECONDS}
@@ -239,6 +271,7 @@ if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
                     exit 1
                 fi
                 log "seed ${s}, ${name} done in $((SECONDS - _t0)) s"
+                keep_run "${exp}" "${kept}/seed${s}/asr_${name}"
             else
                 while [ "$(jobs -rp | wc -l)" -ge "${jobs}" ]; do sleep 1; done
                 log "seed ${s}, ${name} (${cfgs[$i]}) started in the background (log: ${logf})"
@@ -259,6 +292,10 @@ if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
             tail -n 30 "${logf}" >&2
             echo "----" >&2
             failed=1
+        else
+            s=${tasks[$i]%%:*}
+            name=${tasks[$i]#*:}
+            keep_run "${expdir}/seed${s}/asr_${name}" "${kept}/seed${s}/asr_${name}"
         fi
     done
     [ "${failed}" -eq 0 ] || exit 1

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import statistics
+import shutil
 import subprocess
 import sys
 import time
@@ -80,6 +81,34 @@ def test_quality_outputs(quality):
     # acoustic models compared without the recipe's LM (run.sh would train one by default)
     assert not list((quality["work"] / "exp").rglob("lm_*"))
     assert "language model" not in quality["stdout"]
+
+
+def test_quality_keeps_finished_runs_and_restores_them(quality, tmp_path):
+    """Every finished run's report inputs go to <out>/quality_runs/ (no checkpoints); a call with a fresh
+    work dir (a fresh clone: exp/ gone) restores them, trains nothing and writes the same numbers."""
+    kept = quality["out"] / "quality_runs" / "seed1"
+    for m in TINY:
+        d = kept / f"asr_{m}"
+        for f in ("quality.done", "train.log", "config.yaml", "params.json", "RESULTS.md"):
+            assert (d / f).is_file(), (m, f)
+        for s in TEST_SETS:
+            for unit in ("wer", "cer"):
+                assert (d / DECODE_TAG / s / f"score_{unit}" / "summary.json").is_file()
+        assert not list(d.rglob("*.pth")) and not list(d.rglob("*.zip"))
+    shutil.copytree(quality["out"] / "quality_runs", tmp_path / "out" / "again_runs")
+    cmd = ["bash", str(BENCH / "quality.sh"), "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
+           "--python", PYTHON, "--configs", " ".join(f"{k}={v}" for k, v in TINY.items()),
+           "--inference_config", "conf/tiny/decode_asr.yaml", "--inference_args", "--maxlenratio 0.3",
+           "--test_sets", " ".join(TEST_SETS), "--stage", "2", "--report_name", "again"]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert proc.stdout.count("restored from") == len(TINY) and "Stage 5" not in proc.stdout
+    again = json.loads((tmp_path / "out" / "again.json").read_text())
+    first = json.loads((quality["out"] / "quality.json").read_text())
+    assert again["summary"]["omni"]["wer"] == first["summary"]["omni"]["wer"]
+    assert again["runs"]["1"]["switch"]["curves"] == first["runs"]["1"]["switch"]["curves"]
+    assert again["runs"]["1"]["omni"]["params"] == first["runs"]["1"]["omni"]["params"]
+    assert (tmp_path / "out" / "again_loss.png").is_file()
 
 
 def test_quality_json_equals_score_files(quality):
