@@ -110,29 +110,34 @@ def test_sorted_expert_forward_agrees():
     assert torch.all(outs[0][1][3][1] == 0)  # idle expert 1: zero (not missing) bias gradient
 
 
+@pytest.mark.parametrize("impl", ["auto", "padded", "gemm_batch"])
 @pytest.mark.parametrize("num_experts", [1, 3, 8])
 @pytest.mark.parametrize("top_k", [1, 2])
 @pytest.mark.parametrize("padded", [True, False])
-def test_padded_inference_path_matches_training_path(num_experts, top_k, padded):
-    """CPU inference ("auto" -> padded) gives the training path's eval output; the
-    routing is skewed so that slices differ in size (padding rows in the batched GEMM)."""
+def test_inference_paths_match_training_path(impl, num_experts, top_k, padded):
+    """CPU inference (the padded and gemm_batch paths; "auto" -> gemm_batch, MKL being
+    in PyTorch's x86 builds) gives the training path's eval output; the routing is skewed
+    so that slices differ in size (padding rows in the padded batched GEMM)."""
     top_k = min(top_k, num_experts)
     torch.manual_seed(0)
     router = Router(D, num_experts, top_k=top_k)
     torch.nn.init.normal_(router.weight, std=1.0)
     layer = MoEFeedForward(router, Experts(num_experts, D, H, torch.nn.SiLU(), 0.1)).eval()
+    layer.experts.impl = impl
     x = torch.randn(3, 17, D, requires_grad=True)
     mask = None
     if padded:
         mask = torch.ones(3, 17, dtype=torch.bool)
         mask[1, 11:] = False
         mask[2, 3:] = False
+    layer.experts.impl = "auto"
     y_train = layer(x, mask)  # autograd records: the training path (per-slice loop)
     assert layer.experts.path(x, 51, grad=True) == "loop"
+    layer.experts.impl = impl
     counts = torch.bincount(layer.last.routing.expert.reshape(-1), minlength=num_experts)
     assert num_experts == 1 or counts.max() > counts.min()
     with torch.inference_mode():
-        assert layer.experts.path(x, 51, grad=False) == "padded"
+        assert layer.experts.path(x, 51, grad=False) == ("gemm_batch" if impl == "auto" else impl)
         y_infer = layer(x, mask)
     torch.testing.assert_close(y_infer, y_train.detach(), atol=1e-6, rtol=1e-5)
     if padded:
@@ -162,6 +167,30 @@ def test_padded_path_with_idle_experts_and_no_frames(run_cost_flop, monkeypatch)
     assert y.shape == x.shape and torch.all(y == 0)
 
 
+def test_gemm_groups_matches_slice_matmuls():
+    """MKL's batched GEMM is found in PyTorch's MKL builds and computes every slice's
+    product (empty slices included), with and without accumulation; bad input is named."""
+    from espnet_omnirouter.moe import gemm_batch
+
+    assert gemm_batch.available() == torch.backends.mkl.is_available()
+    gen = torch.Generator().manual_seed(0)
+    sizes = [5, 0, 12, 1, 0, 7]
+    a = torch.randn(sum(sizes), 9, generator=gen)
+    b = torch.randn(len(sizes), 9, 4, generator=gen)
+    c0 = torch.randn(sum(sizes), 4, generator=gen)
+    want = torch.cat([s @ w for s, w in zip(a.split(sizes), b.unbind(0))])
+    for beta in (0.0, 1.0):
+        c = c0.clone() if beta else torch.full_like(c0, float("nan"))  # beta 0: c is not read
+        gemm_batch.gemm_groups(a, b, c, sizes, beta=beta)
+        torch.testing.assert_close(c, want + (c0 if beta else 0), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="sizes .* do not match"):
+        gemm_batch.gemm_groups(a, b, c, sizes[:-1] + [6])
+    with pytest.raises(ValueError, match="contiguous"):
+        gemm_batch.gemm_groups(a.t().contiguous().t(), b, c, sizes)
+    with pytest.raises(ValueError, match="float32"):
+        gemm_batch.gemm_groups(a.double(), b, c, sizes)
+
+
 def test_padded_runs_have_least_cost():
     """padded_runs equals a brute force over every split of the experts into runs."""
     import itertools
@@ -188,14 +217,25 @@ def test_padded_runs_have_least_cost():
         assert cost([(a, b) for a, b, _ in runs], sizes, run_cost) == best, (sizes, run_cost)
 
 
-def test_automatic_expert_path_choice():
-    """"auto": padded for CPU inference (eval, no autograd) up to PADDED_MAX_ROWS
-    assignments, the loop in training mode, when autograd records or above it; forcing "padded" under autograd is an error."""
+def test_automatic_expert_path_choice(monkeypatch):
+    """"auto": gemm_batch for float32 CPU inference (eval, no autograd) up to
+    PADDED_MAX_ROWS assignments, padded where gemm_batch cannot run (other dtypes, no MKL),
+    the loop in training mode, when autograd records or above it; forcing an inference
+    path under autograd, or gemm_batch where it cannot run, is an error."""
+    from espnet_omnirouter.moe import gemm_batch
     from espnet_omnirouter.moe.experts import PADDED_MAX_ROWS
 
     experts = make_layer(1).experts.eval()
     x = torch.randn(8, D)
-    assert experts.path(x, PADDED_MAX_ROWS, grad=False) == "padded"
+    assert experts.path(x, PADDED_MAX_ROWS, grad=False) == "gemm_batch"
+    assert experts.path(x, PADDED_MAX_ROWS, torch.float64, grad=False) == "padded"
+    with monkeypatch.context() as m:
+        m.setattr(gemm_batch, "available", lambda: False)
+        assert experts.path(x, PADDED_MAX_ROWS, grad=False) == "padded"
+        experts.impl = "gemm_batch"
+        with pytest.raises(ValueError, match="'gemm_batch' runs float32 on CPU with MKL"):
+            experts.path(x, 8, grad=False)
+        experts.impl = "auto"
     assert experts.train().path(x, 8, grad=False) == "loop"  # dropout masks as the loop's
     experts.eval()
     assert experts.path(x, PADDED_MAX_ROWS + 1, grad=False) == "loop"
@@ -204,9 +244,13 @@ def test_automatic_expert_path_choice():
     assert experts.path(x, 8, grad=False) == "loop"
     experts.impl = "grouped_mm"
     assert experts.path(x, 8, grad=False) == "grouped_mm"
-    experts.impl = "padded"
-    with pytest.raises(ValueError, match="inference only"):
-        experts.path(x, 8, grad=True)
+    for impl in ("padded", "gemm_batch"):
+        experts.impl = impl
+        with pytest.raises(ValueError, match=f"'{impl}' is inference only"):
+            experts.path(x, 8, grad=True)
+    experts.impl = "gemm_batch"
+    with pytest.raises(ValueError, match="'gemm_batch' runs float32 on CPU with MKL, not torch.bfloat16"):
+        experts.path(x, 8, torch.bfloat16, grad=False)
     experts.impl = "fast"
     with pytest.raises(ValueError, match="Experts.impl must be one of"):
         experts.path(x, 8, grad=False)

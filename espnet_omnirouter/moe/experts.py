@@ -3,7 +3,7 @@
 Every expert is a slice of one stacked Parameter, so DDP never sees an unused parameter
 even when an expert receives no frames in a step.
 
-Three implementations of the same function (``Experts.impl`` picks one; "auto" by default):
+Four implementations of the same function (``Experts.impl`` picks one; "auto" by default):
 
 * ``grouped_mm``: one ``torch._grouped_mm`` per matmul over all experts, with the
   expert offsets as a device tensor: no host sync, nothing data-dependent in shapes, so it
@@ -25,7 +25,14 @@ Three implementations of the same function (``Experts.impl`` picks one; "auto" b
   sizes (one utterance: a few hundred frames, a few dozen per expert) the per-slice loop
   is dominated by per-operator cost and by small-matrix GEMM inefficiency; batched GEMMs
   over padded slices are faster even though they compute the padding rows too.  "auto"
-  uses it for eager CPU inference up to :data:`PADDED_MAX_ROWS` assignments
+  uses it for eager CPU inference up to :data:`PADDED_MAX_ROWS` assignments where
+  ``gemm_batch`` cannot run.
+* ``gemm_batch``: inference only, CPU float32.  Each expert's slice, of its own height,
+  through MKL's variable-size batched GEMM (:mod:`.gemm_batch`): two GEMM calls per FFN
+  whatever ``E``, no padding rows, the small GEMMs spread over the threads; the biases
+  are gathered per row into the output that the GEMM adds to.  "auto" uses it for eager
+  CPU float32 inference up to :data:`PADDED_MAX_ROWS` assignments wherever
+  :func:`.gemm_batch.available` (PyTorch's x86 builds, which link MKL)
   (``benchmarks/encoder_infer.py``).
 """
 import math
@@ -35,11 +42,15 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-IMPLS = ("auto", "grouped_mm", "loop", "padded")
+from espnet_omnirouter.moe import gemm_batch
 
-# "auto" takes the padded path for CPU inference of at most this many (frame, expert)
-# assignments per MoE FFN, and the per-slice loop above it (benchmarks/encoder_infer.py:
-# batch 1 at 2-20 s is 50-500 frames after 4x subsampling; batch 8 x 10 s is 2,000).
+IMPLS = ("auto", "grouped_mm", "loop", "padded", "gemm_batch")
+INFERENCE_ONLY = ("padded", "gemm_batch")
+
+# "auto" takes an inference path (gemm_batch, or padded where MKL's batched GEMM is missing)
+# for CPU inference of at most this many (frame, expert) assignments per MoE FFN, and the
+# per-slice loop above it (benchmarks/encoder_infer.py: batch 1 at 2-20 s is 50-500 frames
+# after 4x subsampling; batch 8 x 10 s is 2,000, where the loop is the fastest).
 PADDED_MAX_ROWS = 1024
 # Fixed cost of one run of the padded path (two baddbmm and an activation call: ~100 us on
 # a 2-core CPU), in FLOPs of padding rows that it is worth to skip: see padded_runs.
@@ -122,18 +133,21 @@ class Experts(nn.Module):
 
     def path(self, x: torch.Tensor, assignments: int, dtype: Optional[torch.dtype] = None, grad: bool = True) -> str:
         """Which implementation runs ``assignments`` rows of ``x`` computed in ``dtype``
-        (default: its own): "grouped_mm", "loop" or "padded" (see the module docstring).
+        (default: its own): "grouped_mm", "loop", "padded" or "gemm_batch" (see the module
+        docstring).
 
-        ``grad``: whether autograd records the call.  "auto" takes the padded path only for
-        inference: no autograd and eval mode (in training mode its dropout would draw its
-        masks over the padded layout, in another order than the loop's).
+        ``grad``: whether autograd records the call.  "auto" takes the inference paths only
+        for inference: no autograd and eval mode (in training mode their dropout would draw
+        its masks over another layout, in another order than the loop's).
         """
         dtype = x.dtype if dtype is None else dtype
         if self.impl not in IMPLS:
             raise ValueError(f"Experts.impl must be one of {IMPLS}, got {self.impl!r}")
-        if self.impl in ("loop", "padded"):
-            if self.impl == "padded" and grad:
-                raise ValueError("Experts.impl 'padded' is inference only, but autograd is recording")
+        if self.impl in ("loop",) + INFERENCE_ONLY:
+            if self.impl in INFERENCE_ONLY and grad:
+                raise ValueError(f"Experts.impl {self.impl!r} is inference only, but autograd is recording")
+            if self.impl == "gemm_batch" and not self._gemm_batch_runs(x, dtype):
+                raise ValueError(f"Experts.impl 'gemm_batch' runs float32 on CPU with MKL, not {dtype} on {x.device}")
             return self.impl
         supported = grouped_mm_supported(x, self.w1.shape[2], dtype)
         if self.impl == "grouped_mm" and not supported:
@@ -145,8 +159,18 @@ class Experts(nn.Module):
         if self.impl == "grouped_mm" or (supported and x.is_cuda):
             return "grouped_mm"
         if not grad and not self.training and x.device.type == "cpu" and assignments <= PADDED_MAX_ROWS:
-            return "padded"
+            return "gemm_batch" if self._gemm_batch_runs(x, dtype) else "padded"
         return "loop"
+
+    def _gemm_batch_runs(self, x: torch.Tensor, dtype: torch.dtype) -> bool:
+        """Whether the gemm_batch path can run ``x`` computed in ``dtype``: float32 inputs
+        and weights on CPU, with MKL's batched GEMM."""
+        return (
+            x.device.type == "cpu"
+            and dtype == torch.float32
+            and self.w1.dtype == torch.float32
+            and gemm_batch.available()
+        )
 
     def use_grouped_mm(self, x: torch.Tensor, dtype: Optional[torch.dtype] = None) -> bool:
         """Whether the ``grouped_mm`` path runs for ``x`` computed in ``dtype`` (default:
@@ -237,8 +261,8 @@ class Experts(nn.Module):
     # of sizes); under torch.compile the grouped_mm path is used where it can run.
     @torch.compiler.disable
     def _by_slices(self, path, grad, flat, rows, ends, expert, gate, unique) -> torch.Tensor:
-        """The "loop" and "padded" paths; ``grad``: whether autograd records the call (the
-        other arguments as :meth:`combine`'s)."""
+        """The "loop", "padded" and "gemm_batch" paths; ``grad``: whether autograd records
+        the call (the other arguments as :meth:`combine`'s)."""
         bounds = [0] + ends.tolist()  # the one host sync (free on CPU)
         sizes = [b - a for a, b in zip(bounds, bounds[1:])]
         dtype = compute_dtype(flat)
@@ -246,6 +270,9 @@ class Experts(nn.Module):
         if path == "padded":
             with torch.no_grad(), torch.autocast(flat.device.type, enabled=False):
                 return self._padded(flat, rows, expert, gate, bounds, sizes, unique, dtype)
+        if path == "gemm_batch":
+            with torch.no_grad(), torch.autocast(flat.device.type, enabled=False):
+                return self._gemm_batch(flat, rows, expert, gate, sizes, unique)
         if grad:
             return _ExpertLoop.apply(flat, gate, *params, rows, sizes, self._hidden, unique, flat.shape[0], dtype)
         with torch.no_grad():
@@ -283,6 +310,20 @@ class Experts(nn.Module):
             h = self._hidden(torch.baddbmm(b1[start:stop].unsqueeze(1), x_run, w1[start:stop]))
             torch.baddbmm(b2[start:stop].unsqueeze(1), h, w2[start:stop], out=y[block].view(stop - start, width, -1))
         y = y.index_select(0, slot).mul_(gate.to(dtype).unsqueeze(1))
+        return _put_rows(_new_rows(flat.shape[0], y, rows, unique), rows, y, unique)
+
+    def _gemm_batch(self, flat, rows, expert, gate, sizes, unique) -> torch.Tensor:
+        """The gemm_batch path (float32, no autograd): gather the rows sorted by expert, and
+        per layer gather each row's expert bias into the output and add the slices' GEMMs
+        to it (:func:`.gemm_batch.gemm_groups`, one call for all experts)."""
+        x = flat.index_select(0, rows)
+        w1, w2 = self.w1.contiguous(), self.w2.contiguous()
+        hidden = self.b1.index_select(0, expert)
+        gemm_batch.gemm_groups(x, w1, hidden, sizes, beta=1.0)
+        hidden = self._hidden(hidden).contiguous()
+        y = self.b2.index_select(0, expert)
+        gemm_batch.gemm_groups(hidden, w2, y, sizes, beta=1.0)
+        y.mul_(gate.to(y.dtype).unsqueeze(1))
         return _put_rows(_new_rows(flat.shape[0], y, rows, unique), rows, y, unique)
 
     def _hidden(self, pre: torch.Tensor) -> torch.Tensor:
