@@ -732,6 +732,7 @@ def markdown(result: Dict) -> str:
         out.append(f"- **reused runs**: {', '.join(labels[m] for m in ru['models'])} from `{ru['from']}`"
                    + (f" (command: `{ru['command']}`)" if ru.get("command") else "")
                    + (f"; {ru['note']}" if ru.get("note") else ""))
+    out += [f"- note: {note}" for note in result.get("notes", [])]
     if result["missing"]:
         out.append(f"- **missing runs** (left out of the means): {'; '.join(result['missing'])}")
     out += ["", "## Verdict", ""] + [f"- {line}" for line in result["verdict"]] + [""]
@@ -878,6 +879,8 @@ def main(argv=None) -> int:
                    "(same seeds) from it instead of training them again")
     p.add_argument("--reuse_models", nargs="+", default=[], metavar="MODEL")
     p.add_argument("--reuse_note", default=None, help="why the reused runs stand for the current code (quoted)")
+    p.add_argument("--note", action="append", default=[], metavar="TEXT",
+                   help="a note on the runs for the report's header (repeatable), e.g. a pause during a training")
     args = p.parse_args(argv)
 
     if args.count_params:
@@ -905,6 +908,7 @@ def main(argv=None) -> int:
         print(f"ERROR: no scored run under {args.root}/seed<S>/asr_<model>", file=sys.stderr)
         return 1
     result["command"] = args.command
+    result["notes"] = args.note
     if args.dump:
         result["data"] = data_info(args.dump, args.train_set, result["sets"])
     paths = write_report(result, args.out, args.name)

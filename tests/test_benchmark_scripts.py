@@ -733,12 +733,13 @@ def test_ctc_only_transformer_report_with_reused_runs(tmp_path):
     (exp / "config.yaml").write_text("encoder: omni_router_conformer\nencoder_conf:\n    num_blocks: 2\n")
     assert qr.main(["--root", str(new), "--models", "omni_per_position", "--seeds", "0", "--name", "quality_pp",
                     "--reuse", earlier["json"], "--reuse_models", "switch", "omni", "--reuse_note", "same code",
-                    "--out", str(tmp_path / "o2")]) == 0
+                    "--note", "seed 0 paused 5 min", "--note", "second note", "--out", str(tmp_path / "o2")]) == 0
     md = (tmp_path / "o2" / "quality_pp.md").read_text()
     assert (tmp_path / "o2" / "quality_pp_loss.png").stat().st_size > 0 and "](quality_pp_loss.png)" in md
     assert md.startswith("# Quality: Switch Conformer vs Omni-router Conformer vs Omni-router Conformer, one "
                          "router per FFN position\n")
     assert "**reused runs**: Switch Conformer, Omni-router Conformer from `" in md and "; same code" in md
+    assert "\n- note: seed 0 paused 5 min\n- note: second note\n" in md
     assert "Omni-router per FFN position vs Omni-router on out-of-domain average WER: -9.5% relative" in md
     assert "Final training ASR loss, Omni-router per FFN position vs Switch: 42.90 vs 44.90 (lower; one seed" in md
     assert "Omni-router per FFN position beats Switch on the out-of-domain average WER" in md
