@@ -267,11 +267,10 @@ class Experts(nn.Module):
         sizes = [b - a for a, b in zip(bounds, bounds[1:])]
         dtype = compute_dtype(flat)
         params = (self.w1, self.b1, self.w2, self.b2)
-        if path == "padded":
+        if path in INFERENCE_ONLY:
             with torch.no_grad(), torch.autocast(flat.device.type, enabled=False):
-                return self._padded(flat, rows, expert, gate, bounds, sizes, unique, dtype)
-        if path == "gemm_batch":
-            with torch.no_grad(), torch.autocast(flat.device.type, enabled=False):
+                if path == "padded":
+                    return self._padded(flat, rows, expert, gate, bounds, sizes, unique, dtype)
                 return self._gemm_batch(flat, rows, expert, gate, sizes, unique)
         if grad:
             return _ExpertLoop.apply(flat, gate, *params, rows, sizes, self._hidden, unique, flat.shape[0], dtype)

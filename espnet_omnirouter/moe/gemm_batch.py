@@ -55,9 +55,8 @@ def _fixed_args(groups: int, k: int, n: int, beta: float) -> tuple:
         _fixed[key] = (
             ints(*[_NO_TRANS] * groups),
             ints(*[n] * groups),
-            ints(*[k] * groups),
+            ints(*[k] * groups),  # k, and lda
             floats(*[1.0] * groups),
-            ints(*[k] * groups),  # lda
             ints(*[n] * groups),  # ldb, ldc
             floats(*[beta] * groups),
             ints(*[1] * groups),  # one GEMM per group
@@ -91,7 +90,7 @@ def gemm_groups(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, sizes: List[i
 
 
 def _gemm_groups(a, b, c, sizes, beta):
-    m_rows, k = a.shape
+    k = a.shape[1]
     n = b.shape[2]
     heights, a_ptr, b_ptr, c_ptr = [], [], [], []
     row, (a0, b0, c0) = 0, (a.data_ptr(), b.data_ptr(), c.data_ptr())
@@ -105,9 +104,9 @@ def _gemm_groups(a, b, c, sizes, beta):
     groups = len(heights)
     if groups == 0:
         return
-    trans, ns, ks, alpha, lda, ldc, betas, group_size = _fixed_args(groups, k, n, beta)
+    trans, ns, ks, alpha, ldc, betas, group_size = _fixed_args(groups, k, n, beta)
     ptrs = ctypes.c_void_p * groups
     _sgemm_batch(
         _ROW_MAJOR, trans, trans, (ctypes.c_int * groups)(*heights), ns, ks, alpha,
-        ptrs(*a_ptr), lda, ptrs(*b_ptr), ldc, betas, ptrs(*c_ptr), ldc, groups, group_size,
+        ptrs(*a_ptr), ks, ptrs(*b_ptr), ldc, betas, ptrs(*c_ptr), ldc, groups, group_size,
     )
