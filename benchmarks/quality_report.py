@@ -392,6 +392,44 @@ def load_reused(path: str, models: Sequence[str], seeds: Sequence[int]) -> Dict:
     return {"from": path, "command": old.get("command"), "models": list(models), "runs": runs}
 
 
+def reuse_check(check_root: str, reused: Dict) -> Dict:
+    """Compare short re-runs of the reused runs, trained with the current code and the same seed
+    (``<check_root>/seed<S>/asr_<model>/train.log*``), with the reused runs epoch by epoch.
+
+    Returns ``{"root", "rows", "unchecked", "max_diff", "seed_spread"}``: one row per (model, seed,
+    epoch) that both have, with the train and valid ASR losses of both; ``max_diff`` the largest
+    absolute difference of either loss; ``seed_spread`` the largest difference between the reused
+    runs' seeds at the same epochs and losses (the scale to read ``max_diff`` against; None with one
+    seed).  Raises ValueError when no reused run has a re-run with epochs in common."""
+    rows, unchecked, spread = [], [], []
+    for s, per_model in sorted(reused["runs"].items(), key=lambda kv: int(kv[0])):
+        for m, run in per_model.items():
+            exp = os.path.join(check_root, f"seed{s}", f"asr_{m}")
+            check = curves(read_train_logs(exp)["epochs"]) if os.path.isdir(exp) else None
+            old = run["curves"]
+            common = [e for e in (check or {}).get("epoch", []) if e in old["epoch"]]
+            if not common:
+                unchecked.append(f"seed {s} {m} ({exp}: no epoch in common)")
+                continue
+            for e in common:
+                i, j = old["epoch"].index(e), check["epoch"].index(e)
+                row = {"model": m, "seed": int(s), "epoch": e}
+                for k in ("train_loss_asr", "valid_loss_asr"):
+                    row[k] = {"reused": old[k][i], "rerun": check[k][j]}
+                    others = [r["curves"] for r2 in reused["runs"].values() for m2, r in r2.items() if m2 == m]
+                    values = [c[k][c["epoch"].index(e)] for c in others if e in c["epoch"]]
+                    if len(values) > 1 and None not in values:
+                        spread.append(max(values) - min(values))
+                rows.append(row)
+    if not rows:
+        raise ValueError(f"--reuse_check {check_root}: no re-run of a reused run with an epoch in common "
+                         f"(expected seed<S>/asr_<model>/train.log for {', '.join(reused['models'])})")
+    diffs = [abs(r[k]["rerun"] - r[k]["reused"]) for r in rows for k in ("train_loss_asr", "valid_loss_asr")
+             if r[k]["rerun"] is not None and r[k]["reused"] is not None]
+    return {"root": check_root, "rows": rows, "unchecked": unchecked, "max_diff": max(diffs) if diffs else None,
+            "seed_spread": max(spread) if spread else None}
+
+
 def add_ood_aggregates(run: Dict, ood_sets: Sequence[str]) -> Dict:
     """Set ``{wer,cer}_ood_avg`` and ``{wer,cer}_ood_pooled`` of a run (see :func:`collect_run`)."""
     for unit in ("wer", "cer"):
@@ -736,6 +774,19 @@ def markdown(result: Dict) -> str:
     if result["missing"]:
         out.append(f"- **missing runs** (left out of the means): {'; '.join(result['missing'])}")
     out += ["", "## Verdict", ""] + [f"- {line}" for line in result["verdict"]] + [""]
+    check = (result.get("reused") or {}).get("check")
+    if check:
+        out += ["## Reuse check", "",
+                f"The reused runs trained again with the current code and the same seed for a few epochs "
+                f"(`{check['root']}`), ASR loss per epoch (reused / re-run):", ""]
+        out += _table(["model", "seed", "epoch", "train ASR loss", "valid ASR loss"],
+                      [[labels[r["model"]], str(r["seed"]), str(r["epoch"])]
+                       + [f"{_fmt1(r[k]['reused'], 3)} / {_fmt1(r[k]['rerun'], 3)}"
+                          for k in ("train_loss_asr", "valid_loss_asr")] for r in check["rows"]])
+        spread = ("" if check["seed_spread"] is None else
+                  f"; the reused runs' seeds differ by up to {check['seed_spread']:.3f} at the same epochs")
+        out += [f"Largest difference: {_fmt1(check['max_diff'], 3)}{spread}."
+                + (f" Not checked: {'; '.join(check['unchecked'])}." if check["unchecked"] else ""), ""]
 
     for unit in ("wer", "cer"):
         out += [f"## {unit.upper()} (%)", ""]
@@ -879,6 +930,9 @@ def main(argv=None) -> int:
                    "(same seeds) from it instead of training them again")
     p.add_argument("--reuse_models", nargs="+", default=[], metavar="MODEL")
     p.add_argument("--reuse_note", default=None, help="why the reused runs stand for the current code (quoted)")
+    p.add_argument("--reuse_check", metavar="DIR", default=None,
+                   help="short re-runs of the reused runs at the current code (DIR/seed<S>/asr_<model>/train.log): "
+                   "compared epoch by epoch in the report")
     p.add_argument("--note", action="append", default=[], metavar="TEXT",
                    help="a note on the runs for the report's header (repeatable), e.g. a pause during a training")
     args = p.parse_args(argv)
@@ -903,6 +957,13 @@ def main(argv=None) -> int:
         except (OSError, ValueError) as e:
             p.error(str(e))
         reused["note"] = args.reuse_note
+        if args.reuse_check:
+            try:
+                reused["check"] = reuse_check(args.reuse_check, reused)
+            except ValueError as e:
+                p.error(str(e))
+    elif args.reuse_check:
+        p.error("--reuse_check needs --reuse")
     result = collect(args.root, args.models, args.seeds, args.decode_tag, args.ood_sets, reused=reused)
     if not _runs(result["runs"]):
         print(f"ERROR: no scored run under {args.root}/seed<S>/asr_<model>", file=sys.stderr)

@@ -764,3 +764,33 @@ def test_ctc_only_transformer_report_with_reused_runs(tmp_path):
     assert "| valid CER (CTC) | best valid CER (CTC) |" in md and "| 0.3500 | 0.3500 |" in md
     assert "ASR loss = CTC loss (no attention decoder" in md
     assert "Omni-router vs dense on out-of-domain average CER: +0.0% relative" in md
+
+
+def test_reuse_check_compares_reruns_epoch_by_epoch(tmp_path):
+    """--reuse_check: the re-runs' epochs against the reused runs', with the seed spread for scale."""
+    old = tmp_path / "old"
+    for s, (t1, v1) in {0: (86.0, 66.0), 1: (85.5, 67.0)}.items():
+        for m in ("switch", "omni"):
+            fake_run(old, s, m, wers(8.0, [20.0] * 4), moe=True, epochs=[(1, t1, v1), (2, 60.0, 50.0)])
+    earlier = qr.write_report(qr.collect(str(old), ["switch", "omni"], [0, 1], compute_params=False),
+                              str(tmp_path / "o1"))
+    check = tmp_path / "check"
+    fake_run(check, 0, "switch", {}, moe=True, epochs=[(1, 86.25, 66.0)])
+    fake_run(check, 0, "omni", {}, moe=True, epochs=[(1, 86.0, 65.9)])
+    new = tmp_path / "new"
+    fake_run(new, 0, "omni_per_position", wers(8.5, [19.0] * 4), moe=True, epochs=[(1, 43.0, 53.0)])
+    fake_run(new, 1, "omni_per_position", wers(8.5, [19.0] * 4), moe=True, epochs=[(1, 43.0, 53.0)])
+    args = ["--root", str(new), "--models", "omni_per_position", "--seeds", "0", "1", "--reuse", earlier["json"],
+            "--reuse_models", "switch", "omni", "--out", str(tmp_path / "o2")]
+    assert qr.main(args + ["--reuse_check", str(check)]) == 0
+    md = (tmp_path / "o2" / "quality.md").read_text()
+    assert "| Switch Conformer | 0 | 1 | 85.900 / 86.150 | 65.900 / 65.900 |" in md
+    assert "| Omni-router Conformer | 0 | 1 | 85.900 / 85.900 | 65.900 / 65.800 |" in md
+    assert "Largest difference: 0.250; the reused runs' seeds differ by up to 1.000 at the same epochs." in md
+    assert "Not checked: seed 1 switch" in md and "seed 1 omni" in md
+    result = json.loads((tmp_path / "o2" / "quality.json").read_text())
+    assert result["reused"]["check"]["max_diff"] == pytest.approx(0.25)
+    with pytest.raises(SystemExit):  # no epoch in common
+        qr.main(args + ["--reuse_check", str(tmp_path / "nothing")])
+    with pytest.raises(SystemExit):
+        qr.main(["--root", str(new), "--reuse_check", str(check), "--out", str(tmp_path / "o3")])
