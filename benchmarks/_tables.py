@@ -127,3 +127,24 @@ def decode_rtf_table(results):
         same = ", ".join(r["same_words_as"]) or "-"
         lines.append(f"| {name} | {r['rtf']:.3f} | {r['decode_s'] / base['decode_s']:.2f}x | {r['wer']:.1f} | {same} |")
     return "\n".join(lines)
+
+
+def parts_table(cases, target):
+    """Markdown table of the cases: per FFN, each part and the MoE extra against the budget."""
+    head = ["batch x s", "encoder", "forward", "per FFN", "GEMMs", "rest", "router",
+            "extra vs dense: GEMMs + rest", f"budget at {target:g}x"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    us = lambda s: f"{s * 1e6:.0f} us"  # noqa: E731
+    for case in cases:
+        d = case["encoders"]["dense"]
+        for key, r in case["encoders"].items():
+            row = [f"{case['batch']} x {case['seconds']:g}", key, f"{r['encoder_s'] * 1e3:.1f} ms",
+                   us(r["ffn_s"]), us(r["gemm_s"]), us(r["rest_s"]),
+                   us(r["router_s"]) if r.get("router_s") is not None else "-"]
+            if key == "dense":
+                row += ["-", us(case["budget_per_ffn_s"])]
+            else:
+                row += [f"{us(r['ffn_s'] - d['ffn_s'])} = {us(r['gemm_s'] - d['gemm_s'])} + "
+                        f"{us(r['rest_s'] - d['rest_s'])}", us(case["budget_per_ffn_s"])]
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)

@@ -12,7 +12,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _tables import decode_rtf_table, encoder_table, infer_table, stall, table  # noqa: E402
+from _tables import decode_rtf_table, encoder_table, infer_table, parts_table, stall, table  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BEGIN, END = "<!-- BEGIN GENERATED -->", "<!-- END GENERATED -->"
@@ -41,6 +41,7 @@ INFER_RUNS = [
     ("encoder_infer_trained.json", "CPU, trained encoders on real speech (`test_seen`)"),
     ("encoder_infer.json", "CPU, freshly initialised encoders on random features"),
 ]
+PARTS_RUN = "encoder_ffn_parts.json"  # encoder_ffn_parts.py: the FFNs' share of encoder_infer.py's ratios
 DECODE_RTF_RUNS = [("decode_rtf.json", "CPU, beam search with the character LM, batch 1")]
 ENCODER_RUNS = [
     ("encoder_step.json", "CPU"),
@@ -380,6 +381,18 @@ def generate(results_dir):
             "`pad waste`: the padded path's `E * largest slice / frames` (1 = even routing).\n"
         )
         out.append(infer_table(run["cases"]))
+    run = load(results_dir, PARTS_RUN)
+    if run is not None:
+        out.append(f"\n### Encoder FFNs in parts, CPU, freshly initialised encoders (`results/{PARTS_RUN}`)\n")
+        out.append(machine_line(run) + " | recipe configs\n")
+        out.append(
+            "Per FFN (the encoder's FFNs run in turn on their recorded inputs, `encoder_ffn_parts.py`): all of it, "
+            "its two matmuls alone (MoE: the `gemm_batch` calls on the recorded slice sizes), the rest (activation, "
+            "router, gathers, dispatch, scatter) and the router alone; the MoE FFN's extra time over the dense "
+            f"FFN's, and the budget: what it may cost more for the encoder to stay within "
+            f"{run['config']['target']:g}x the dense encoder.\n"
+        )
+        out.append(parts_table(run["cases"], run["config"]["target"]))
     for name, title in DECODE_RTF_RUNS:
         run = load(results_dir, name)
         if run is None:

@@ -794,3 +794,31 @@ def test_reuse_check_compares_reruns_epoch_by_epoch(tmp_path):
         qr.main(args + ["--reuse_check", str(tmp_path / "nothing")])
     with pytest.raises(SystemExit):
         qr.main(["--root", str(new), "--reuse_check", str(check), "--out", str(tmp_path / "o3")])
+
+
+def test_encoder_ffn_parts_splits_every_encoder(tmp_path):
+    """encoder_ffn_parts.py on the tiny configs: every encoder's forward, FFNs and GEMMs timed,
+    the MoE routers too, rest = FFNs - GEMMs, and the budget from the dense encoder's time."""
+    import encoder_ffn_parts
+    from espnet_omnirouter.moe import gemm_batch
+
+    out = tmp_path / "parts.json"
+    tiny = [f"--{k}-config={v}" for k, v in TINY.items()]
+    encoder_ffn_parts.main(tiny + ["--cases", "1x0.5", "--warmup", "0", "--repeats", "1", "--target", "1.2",
+                                   "--out", str(out)])
+    (case,) = json.loads(out.read_text())["cases"]
+    assert set(case["encoders"]) == {"dense", "switch", "omni"}
+    dense = case["encoders"]["dense"]
+    assert case["budget_per_ffn_s"] == pytest.approx(0.2 * dense["encoder_s"] / dense["num_ffns"])
+    for key, r in case["encoders"].items():
+        assert r["encoder_s"] > 0 and r["ffn_s"] > 0 and r["gemm_s"] > 0, key
+        assert r["rest_s"] == pytest.approx(r["ffn_s"] - r["gemm_s"]), key
+        assert r["num_ffns"] == 4, key  # tiny configs: 2 blocks, macaron + second FFN
+        if key == "dense":
+            assert r["router_s"] is None and r["gemm_kind"] is None and r["slice_sizes"] == []
+        else:
+            assert r["router_s"] > 0
+            assert r["gemm_kind"] == ("gemm_batch" if gemm_batch.available() else "addmm per slice")
+            assert len(r["slice_sizes"]) == 4 and all(sum(s) == sum(r["slice_sizes"][0]) for s in r["slice_sizes"])
+    with pytest.raises(SystemExit):
+        encoder_ffn_parts.main(["--target", "1.0"])
