@@ -392,12 +392,19 @@ def load_reused(path: str, models: Sequence[str], seeds: Sequence[int]) -> Dict:
     return {"from": path, "command": old.get("command"), "models": list(models), "runs": runs}
 
 
+def _epoch_seconds(c: Dict, i: int) -> Optional[float]:
+    """Training plus validation seconds of epoch ``c["epoch"][i]`` of the curves ``c``."""
+    parts = [c.get(k, [None] * (i + 1))[i] for k in ("train_seconds", "valid_seconds")]
+    return None if parts[0] is None else parts[0] + (parts[1] or 0.0)
+
+
 def reuse_check(check_root: str, reused: Dict) -> Dict:
     """Compare short re-runs of the reused runs, trained with the current code and the same seed
     (``<check_root>/seed<S>/asr_<model>/train.log*``), with the reused runs epoch by epoch.
 
     Returns ``{"root", "rows", "unchecked", "max_diff", "seed_spread"}``: one row per (model, seed,
-    epoch) that both have, with the train and valid ASR losses of both; ``max_diff`` the largest
+    epoch) that both have, with the train and valid ASR losses and the epoch times (training +
+    validation seconds: the machine's speed then and now) of both; ``max_diff`` the largest
     absolute difference of either loss; ``seed_spread`` the largest difference between the reused
     runs' seeds at the same epochs and losses (the scale to read ``max_diff`` against; None with one
     seed).  Raises ValueError when no reused run has a re-run with epochs in common."""
@@ -414,6 +421,7 @@ def reuse_check(check_root: str, reused: Dict) -> Dict:
             for e in common:
                 i, j = old["epoch"].index(e), check["epoch"].index(e)
                 row = {"model": m, "seed": int(s), "epoch": e}
+                row["epoch_seconds"] = {"reused": _epoch_seconds(old, i), "rerun": _epoch_seconds(check, j)}
                 for k in ("train_loss_asr", "valid_loss_asr"):
                     row[k] = {"reused": old[k][i], "rerun": check[k][j]}
                     others = [r["curves"] for r2 in reused["runs"].values() for m2, r in r2.items() if m2 == m]
@@ -779,10 +787,12 @@ def markdown(result: Dict) -> str:
         out += ["## Reuse check", "",
                 f"The reused runs trained again with the current code and the same seed for a few epochs "
                 f"(`{check['root']}`), ASR loss per epoch (reused / re-run):", ""]
-        out += _table(["model", "seed", "epoch", "train ASR loss", "valid ASR loss"],
+        out += _table(["model", "seed", "epoch", "train ASR loss", "valid ASR loss", "epoch time"],
                       [[labels[r["model"]], str(r["seed"]), str(r["epoch"])]
                        + [f"{_fmt1(r[k]['reused'], 3)} / {_fmt1(r[k]['rerun'], 3)}"
-                          for k in ("train_loss_asr", "valid_loss_asr")] for r in check["rows"]])
+                          for k in ("train_loss_asr", "valid_loss_asr")]
+                       + [" / ".join(_duration({"mean": r["epoch_seconds"][k], "n": 1}) for k in ("reused", "rerun"))]
+                       for r in check["rows"]])
         spread = ("" if check["seed_spread"] is None else
                   f"; the reused runs' seeds differ by up to {check['seed_spread']:.3f} at the same epochs")
         out += [f"Largest difference: {_fmt1(check['max_diff'], 3)}{spread}."

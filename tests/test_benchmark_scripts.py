@@ -784,8 +784,9 @@ def test_reuse_check_compares_reruns_epoch_by_epoch(tmp_path):
             "--reuse_models", "switch", "omni", "--out", str(tmp_path / "o2")]
     assert qr.main(args + ["--reuse_check", str(check)]) == 0
     md = (tmp_path / "o2" / "quality.md").read_text()
-    assert "| Switch Conformer | 0 | 1 | 85.900 / 86.150 | 65.900 / 65.900 |" in md
-    assert "| Omni-router Conformer | 0 | 1 | 85.900 / 85.900 | 65.900 / 65.800 |" in md
+    # epoch time: ESPnet's train time= plus the valid and att_plot times of EPOCH_LINE (62.5 + 2.5 + 0.5 s)
+    assert "| Switch Conformer | 0 | 1 | 85.900 / 86.150 | 65.900 / 65.900 | 65.5 s / 65.5 s |" in md
+    assert "| Omni-router Conformer | 0 | 1 | 85.900 / 85.900 | 65.900 / 65.800 | 65.5 s / 65.5 s |" in md
     assert "Largest difference: 0.250; the reused runs' seeds differ by up to 1.000 at the same epochs." in md
     assert "Not checked: seed 1 switch" in md and "seed 1 omni" in md
     result = json.loads((tmp_path / "o2" / "quality.json").read_text())
