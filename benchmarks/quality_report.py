@@ -819,8 +819,8 @@ def markdown(result: Dict) -> str:
 
     ctc = ctc_only(result)
     out += ["## Training", "", f"![loss curves]({result.get('name', 'quality')}_loss.png)", "",
-            ("ASR loss = CTC loss (no attention decoder" if ctc else "ASR loss = CTC + attention loss (")
-            + "; for MoE models `loss_asr`: their `loss` also holds the MoE "
+            ("ASR loss = CTC loss (no attention decoder; " if ctc else "ASR loss = CTC + attention loss (")
+            + "for MoE models `loss_asr`: their `loss` also holds the MoE "
             "auxiliary losses, shown in the `loss` columns). Final = last epoch. "
             + ("Valid CER = ESPnet's greedy-CTC `cer_ctc` of validation (the checkpoint criterion). " if ctc else "")
             + "Training time = sum of ESPnet's "
