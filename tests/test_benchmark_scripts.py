@@ -443,6 +443,7 @@ def test_seeds_mean_and_std(tmp_path):
     md = qr.markdown(res)
     assert f"| Switch Conformer | 12.00 ± 1.00 | {32:.2f} ± {statistics.stdev(sw):.2f} |" in md
     assert "## Per seed (WER %)" in md and "| 3 | Omni-router Conformer |" in md
+    assert "ASR loss = CTC + attention loss (for MoE models `loss_asr`" in md
     qr.plot_losses(res, str(tmp_path / "loss.png"))
     assert (tmp_path / "loss.png").stat().st_size > 0
 
@@ -762,7 +763,7 @@ def test_ctc_only_transformer_report_with_reused_runs(tmp_path):
     assert qr.ctc_only(res) and res["runs"]["0"]["omni"]["final"]["best_valid_cer_ctc"] == pytest.approx(0.35)
     md = qr.markdown(res)
     assert "| valid CER (CTC) | best valid CER (CTC) |" in md and "| 0.3500 | 0.3500 |" in md
-    assert "ASR loss = CTC loss (no attention decoder" in md
+    assert "ASR loss = CTC loss (no attention decoder; for MoE models `loss_asr`" in md
     assert "Omni-router vs dense on out-of-domain average CER: +0.0% relative" in md
 
 
