@@ -96,6 +96,11 @@ def test_router_per_ffn_position():
     assert all(r.weight.grad is not None and r.weight.grad.abs().sum() > 0 for r in enc.routers)
     fresh = OmniRouterConformerEncoder(20, num_experts=4, router_per_ffn_position=True, **CONFORMER)
     fresh.load_state_dict(enc.state_dict(), strict=True)
+    enc.eval(), fresh.eval()
+    with torch.no_grad():
+        assert torch.equal(fresh(x, torch.tensor([40, 30]))[0], enc(x, torch.tensor([40, 30]))[0])
+    with pytest.raises(RuntimeError, match="routers.1.weight"):  # a one-router Omni refuses it
+        OmniRouterConformerEncoder(20, num_experts=4, **CONFORMER).load_state_dict(enc.state_dict(), strict=True)
     # without macaron FFNs there is one position: one router
     one = OmniRouterConformerEncoder(20, num_experts=4, router_per_ffn_position=True, moe_macaron=False, **CONFORMER)
     assert router_keys(one) == ["routers.0.weight"]
