@@ -127,6 +127,8 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["espnet_omnirouter", "espnet_omnirouter.*"]),
     py_modules=["espnet_omnirouter_hook"],
+    # C source of the CPU inference kernels, compiled at first use (espnet_omnirouter/moe/native.py)
+    package_data={"espnet_omnirouter.moe": ["native_cpu.c"]},
     cmdclass={"build_py": BuildPyWithHook, "develop": DevelopWithHook, **_editable_wheel_with_hook()},
     python_requires=">=3.11,<3.12",
     install_requires=install_requires,

@@ -9,8 +9,9 @@
   experts' weights stream through the caches as in a forward): ESPnet's ``PositionwiseFeedForward``
   for dense, :class:`MoEFeedForward` (``Experts.impl = "auto"``) for the MoE encoders;
 * ``gemms``: only their matmuls, on the same sizes: dense ``x W1 + b1`` and ``h W2 + b2``; MoE the
-  two ``gemm_batch`` calls (MKL's batched GEMM) over the recorded slice sizes where the automatic
-  choice takes that path, else one ``addmm`` pair per slice (``gemm_kind`` in the JSON);
+  path the automatic choice takes (``gemm_kind`` in the JSON): the native path's two C GEMMs on
+  its packed weights, or the two ``gemm_batch`` calls (MKL's batched GEMM), over the recorded
+  slice sizes, else one ``addmm`` pair per slice;
 * ``routers`` (MoE): the routers alone on the FFN inputs.
 
 Per FFN it reports each part, ``rest = ffns - gemms`` (activation, gathers, router, dispatch,
@@ -33,7 +34,7 @@ from encoder_infer import parse_case  # noqa: E402
 from _tables import parts_table  # noqa: E402
 from encoder_step import DEFAULT_CONFIGS, load_encoder  # noqa: E402
 
-from espnet_omnirouter.moe import MoEFeedForward, gemm_batch  # noqa: E402
+from espnet_omnirouter.moe import MoEFeedForward, gemm_batch, native  # noqa: E402
 
 
 def ffn_modules(encoder):
@@ -76,15 +77,22 @@ def gemm_step(mods, inputs, sizes):
             continue
         ex = m.experts
         rows = sum(s)
-        kind = "gemm_batch" if ex.path(x, rows, grad=False) == "gemm_batch" else "addmm per slice"
+        path = ex.path(x, rows, grad=False)
+        kind = path if path in ("native", "gemm_batch") else "addmm per slice"
         a = x.new_empty(rows, x.shape[1]).copy_(x[torch.arange(rows) % x.shape[0]])
-        jobs.append((kind, a, ex.w1.detach(), ex.b1.detach(), ex.w2.detach(), ex.b2.detach(), s))
+        w1, w2 = ex._native_packed() if kind == "native" else (ex.w1.detach(), ex.w2.detach())
+        jobs.append((kind, a, w1, ex.b1.detach(), w2, ex.b2.detach(), s))
 
     def step():
         with torch.inference_mode():
             for kind, a, w1, b1, w2, b2, s in jobs:
                 if kind == "dense":
                     torch.addmm(b2, torch.addmm(b1, a, w1), w2)
+                elif kind == "native":  # its C GEMMs, bias included, on the packed weights
+                    ends = torch.tensor(s, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+                    h = b1.new_empty(a.shape[0], b1.shape[1])
+                    native.expert_gemm(a, w1, b1, h, ends)
+                    native.expert_gemm(h, w2, b2, b2.new_empty(a.shape[0], b2.shape[1]), ends)
                 elif kind == "gemm_batch":
                     h = b1.new_empty(a.shape[0], w1.shape[2])
                     gemm_batch.gemm_groups(a, w1, h, s, beta=0.0)

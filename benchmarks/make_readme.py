@@ -387,7 +387,8 @@ def generate(results_dir):
         out.append(machine_line(run) + " | recipe configs\n")
         out.append(
             "Per FFN (the encoder's FFNs run in turn on their recorded inputs, `encoder_ffn_parts.py`): all of it, "
-            "its two matmuls alone (MoE: the `gemm_batch` calls on the recorded slice sizes), the rest (activation, "
+            "its two matmuls alone (MoE: the GEMMs of the path it takes, `gemm_kind`, on the recorded slice "
+            "sizes), the rest (activation, "
             "router, gathers, dispatch, scatter) and the router alone; the MoE FFN's extra time over the dense "
             f"FFN's, and the budget: what it may cost more for the encoder to stay within "
             f"{run['config']['target']:g}x the dense encoder.\n"

@@ -802,7 +802,7 @@ def test_encoder_ffn_parts_splits_every_encoder(tmp_path):
     """encoder_ffn_parts.py on the tiny configs: every encoder's forward, FFNs and GEMMs timed,
     the MoE routers too, rest = FFNs - GEMMs, and the budget from the dense encoder's time."""
     import encoder_ffn_parts
-    from espnet_omnirouter.moe import gemm_batch
+    from espnet_omnirouter.moe import gemm_batch, native
 
     out = tmp_path / "parts.json"
     tiny = [f"--{k}-config={v}" for k, v in TINY.items()]
@@ -820,7 +820,8 @@ def test_encoder_ffn_parts_splits_every_encoder(tmp_path):
             assert r["router_s"] is None and r["gemm_kind"] is None and r["slice_sizes"] == []
         else:
             assert r["router_s"] > 0
-            assert r["gemm_kind"] == ("gemm_batch" if gemm_batch.available() else "addmm per slice")
+            want = "native" if native.available() else "gemm_batch" if gemm_batch.available() else "addmm per slice"
+            assert r["gemm_kind"] == want
             assert len(r["slice_sizes"]) == 4 and all(sum(s) == sum(r["slice_sizes"][0]) for s in r["slice_sizes"])
     with pytest.raises(SystemExit):
         encoder_ffn_parts.main(["--target", "1.0"])

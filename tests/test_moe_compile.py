@@ -110,21 +110,26 @@ def test_sorted_expert_forward_agrees():
     assert torch.all(outs[0][1][3][1] == 0)  # idle expert 1: zero (not missing) bias gradient
 
 
-@pytest.mark.parametrize("impl", ["auto", "padded", "gemm_batch"])
+@pytest.mark.parametrize("impl", ["auto", "padded", "gemm_batch", "native"])
 @pytest.mark.parametrize("num_experts", [1, 3, 8])
 @pytest.mark.parametrize("top_k", [1, 2])
 @pytest.mark.parametrize("padded", [True, False])
-def test_inference_paths_match_training_path(impl, num_experts, top_k, padded):
-    """CPU inference (the padded and gemm_batch paths; "auto" -> gemm_batch, MKL being
-    in PyTorch's x86 builds) gives the training path's eval output; the routing is skewed
-    so that slices differ in size (padding rows in the padded batched GEMM)."""
+@pytest.mark.parametrize("widths", [(D, H), (20, 40)])  # whole 16-column tiles; and remainders
+def test_inference_paths_match_training_path(impl, num_experts, top_k, padded, widths):
+    """CPU inference (the padded, gemm_batch and native paths; "auto" -> native where its C
+    kernels build, as on this project's x86 machines) gives the training path's eval output;
+    the routing is skewed so that slices differ in size (padding rows in the padded batched
+    GEMM, slices of more and fewer than the native GEMM's 6-row tiles)."""
+    from espnet_omnirouter.moe import native
+
+    d, h = widths
     top_k = min(top_k, num_experts)
     torch.manual_seed(0)
-    router = Router(D, num_experts, top_k=top_k)
+    router = Router(d, num_experts, top_k=top_k)
     torch.nn.init.normal_(router.weight, std=1.0)
-    layer = MoEFeedForward(router, Experts(num_experts, D, H, torch.nn.SiLU(), 0.1)).eval()
+    layer = MoEFeedForward(router, Experts(num_experts, d, h, torch.nn.SiLU(), 0.1)).eval()
     layer.experts.impl = impl
-    x = torch.randn(3, 17, D, requires_grad=True)
+    x = torch.randn(3, 17, d, requires_grad=True)
     mask = None
     if padded:
         mask = torch.ones(3, 17, dtype=torch.bool)
@@ -137,7 +142,8 @@ def test_inference_paths_match_training_path(impl, num_experts, top_k, padded):
     counts = torch.bincount(layer.last.routing.expert.reshape(-1), minlength=num_experts)
     assert num_experts == 1 or counts.max() > counts.min()
     with torch.inference_mode():
-        assert layer.experts.path(x, 51, grad=False) == ("gemm_batch" if impl == "auto" else impl)
+        assert layer.experts.path(x, 51, grad=False) == (("native" if native.available() else "gemm_batch")
+                                                          if impl == "auto" else impl)
         y_infer = layer(x, mask)
     torch.testing.assert_close(y_infer, y_train.detach(), atol=1e-6, rtol=1e-5)
     if padded:
@@ -218,18 +224,26 @@ def test_padded_runs_have_least_cost():
 
 
 def test_automatic_expert_path_choice(monkeypatch):
-    """"auto": gemm_batch for float32 CPU inference (eval, no autograd) up to
-    PADDED_MAX_ROWS assignments, padded where gemm_batch cannot run (other dtypes, no MKL),
-    the loop in training mode, when autograd records or above it; forcing an inference
-    path under autograd, or gemm_batch where it cannot run, is an error."""
-    from espnet_omnirouter.moe import gemm_batch
+    """"auto": native for float32 CPU inference (eval, no autograd) up to PADDED_MAX_ROWS
+    assignments, gemm_batch where the C kernels cannot run, padded where neither can (other
+    dtypes, no MKL), the loop in training mode, when autograd records or above it; forcing
+    an inference path under autograd, or one where it cannot run, is an error."""
+    from espnet_omnirouter.moe import gemm_batch, native
     from espnet_omnirouter.moe.experts import PADDED_MAX_ROWS
 
     experts = make_layer(1).experts.eval()
     x = torch.randn(8, D)
-    assert experts.path(x, PADDED_MAX_ROWS, grad=False) == "gemm_batch"
+    assert native.available(), native.why_not  # x86-64 with AVX2 and a C compiler, as here
+    assert experts.path(x, PADDED_MAX_ROWS, grad=False) == "native"
     assert experts.path(x, PADDED_MAX_ROWS, torch.float64, grad=False) == "padded"
     with monkeypatch.context() as m:
+        m.setattr(native, "available", lambda: False)
+        m.setattr(native, "why_not", "no compiler (test)")
+        assert experts.path(x, PADDED_MAX_ROWS, grad=False) == "gemm_batch"
+        experts.impl = "native"
+        with pytest.raises(ValueError, match="'native' cannot run: no compiler"):
+            experts.path(x, 8, grad=False)
+        experts.impl = "auto"
         m.setattr(gemm_batch, "available", lambda: False)
         assert experts.path(x, PADDED_MAX_ROWS, grad=False) == "padded"
         experts.impl = "gemm_batch"
@@ -244,12 +258,15 @@ def test_automatic_expert_path_choice(monkeypatch):
     assert experts.path(x, 8, grad=False) == "loop"
     experts.impl = "grouped_mm"
     assert experts.path(x, 8, grad=False) == "grouped_mm"
-    for impl in ("padded", "gemm_batch"):
+    for impl in ("padded", "gemm_batch", "native"):
         experts.impl = impl
         with pytest.raises(ValueError, match=f"'{impl}' is inference only"):
             experts.path(x, 8, grad=True)
     experts.impl = "gemm_batch"
     with pytest.raises(ValueError, match="'gemm_batch' runs float32 on CPU with MKL, not torch.bfloat16"):
+        experts.path(x, 8, torch.bfloat16, grad=False)
+    experts.impl = "native"
+    with pytest.raises(ValueError, match="'native' cannot run: float32 on CPU, not torch.bfloat16"):
         experts.path(x, 8, torch.bfloat16, grad=False)
     experts.impl = "fast"
     with pytest.raises(ValueError, match="Experts.impl must be one of"):

@@ -32,8 +32,15 @@ Four implementations of the same function (``Experts.impl`` picks one; "auto" by
   whatever ``E``, no padding rows, the small GEMMs spread over the threads; the biases
   are gathered per row into the output that the GEMM adds to.  "auto" uses it for eager
   CPU float32 inference up to :data:`PADDED_MAX_ROWS` assignments wherever
-  :func:`.gemm_batch.available` (PyTorch's x86 builds, which link MKL)
-  (``benchmarks/encoder_infer.py``).
+  :func:`.gemm_batch.available` (PyTorch's x86 builds, which link MKL) and ``native``
+  cannot run (``benchmarks/encoder_infer.py``).
+* ``native``: inference only, CPU float32 (x86-64 with AVX2).  Everything in C
+  (:mod:`.native`, compiled at first use): the sort by expert, the gathers, the expert
+  GEMMs (bias included, on a packed copy of the weights that they stream in order), the
+  gate and the scatter, one call on each side of the activation (a PyTorch call); with
+  :class:`~.layer.MoEFeedForward` the unsorted routing goes straight in (no PyTorch sort),
+  and the router is C too (:class:`~.router.Router`).  "auto" prefers it to gemm_batch
+  wherever :func:`.native.available`.
 """
 import math
 from typing import List, Optional, Tuple
@@ -42,12 +49,12 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from espnet_omnirouter.moe import gemm_batch
+from espnet_omnirouter.moe import gemm_batch, native
 
-IMPLS = ("auto", "grouped_mm", "loop", "padded", "gemm_batch")
-INFERENCE_ONLY = ("padded", "gemm_batch")
+IMPLS = ("auto", "grouped_mm", "loop", "padded", "gemm_batch", "native")
+INFERENCE_ONLY = ("padded", "gemm_batch", "native")
 
-# "auto" takes an inference path (gemm_batch, or padded where MKL's batched GEMM is missing)
+# "auto" takes an inference path (native, gemm_batch, or padded where MKL's batched GEMM is missing)
 # for CPU inference of at most this many (frame, expert) assignments per MoE FFN, and the
 # per-slice loop above it (benchmarks/encoder_infer.py: batch 1 at 2-20 s is 50-500 frames
 # after 4x subsampling; batch 8 x 10 s is 2,000, where the loop is the fastest).
@@ -122,6 +129,7 @@ class Experts(nn.Module):
         self.b2 = nn.Parameter(torch.empty(num_experts, d_model))
         self.activation = activation
         self.dropout = nn.Dropout(dropout_rate)
+        self._packed = None  # (key, w1, w2) for the native path, see _native_packed
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -133,7 +141,7 @@ class Experts(nn.Module):
 
     def path(self, x: torch.Tensor, assignments: int, dtype: Optional[torch.dtype] = None, grad: bool = True) -> str:
         """Which implementation runs ``assignments`` rows of ``x`` computed in ``dtype``
-        (default: its own): "grouped_mm", "loop", "padded" or "gemm_batch" (see the module
+        (default: its own): "grouped_mm", "loop", "padded", "gemm_batch" or "native" (see the module
         docstring).
 
         ``grad``: whether autograd records the call.  "auto" takes the inference paths only
@@ -148,6 +156,10 @@ class Experts(nn.Module):
                 raise ValueError(f"Experts.impl {self.impl!r} is inference only, but autograd is recording")
             if self.impl == "gemm_batch" and not self._gemm_batch_runs(x, dtype):
                 raise ValueError(f"Experts.impl 'gemm_batch' runs float32 on CPU with MKL, not {dtype} on {x.device}")
+            if self.impl == "native" and not self._native_runs(x, dtype):
+                cpu32 = x.device.type == "cpu" and dtype == self.w1.dtype == torch.float32
+                why = native.why_not if cpu32 else f"float32 on CPU, not {dtype} on {x.device}"
+                raise ValueError(f"Experts.impl 'native' cannot run: {why}")
             return self.impl
         supported = grouped_mm_supported(x, self.w1.shape[2], dtype)
         if self.impl == "grouped_mm" and not supported:
@@ -159,6 +171,8 @@ class Experts(nn.Module):
         if self.impl == "grouped_mm" or (supported and x.is_cuda):
             return "grouped_mm"
         if not grad and not self.training and x.device.type == "cpu" and assignments <= PADDED_MAX_ROWS:
+            if self._native_runs(x, dtype):
+                return "native"
             return "gemm_batch" if self._gemm_batch_runs(x, dtype) else "padded"
         return "loop"
 
@@ -171,6 +185,11 @@ class Experts(nn.Module):
             and self.w1.dtype == torch.float32
             and gemm_batch.available()
         )
+
+    def _native_runs(self, x: torch.Tensor, dtype: torch.dtype) -> bool:
+        """Whether the native path can run ``x`` computed in ``dtype``: float32 inputs and
+        weights on CPU, with the C kernels built and checked (:func:`.native.available`)."""
+        return x.device.type == "cpu" and dtype == torch.float32 and self.w1.dtype == torch.float32 and native.available()
 
     def use_grouped_mm(self, x: torch.Tensor, dtype: Optional[torch.dtype] = None) -> bool:
         """Whether the ``grouped_mm`` path runs for ``x`` computed in ``dtype`` (default:
@@ -261,8 +280,13 @@ class Experts(nn.Module):
     # of sizes); under torch.compile the grouped_mm path is used where it can run.
     @torch.compiler.disable
     def _by_slices(self, path, grad, flat, rows, ends, expert, gate, unique) -> torch.Tensor:
-        """The "loop", "padded" and "gemm_batch" paths; ``grad``: whether autograd records
-        the call (the other arguments as :meth:`combine`'s)."""
+        """The "loop", "padded", "gemm_batch" and "native" paths; ``grad``: whether autograd
+        records the call (the other arguments as :meth:`combine`'s)."""
+        if path == "native":
+            # Each sorted assignment as a frame of its own (top-1 over ``rows``): the kernel's
+            # stable counting sort keeps the order; repeated rows accumulate.
+            with torch.no_grad():
+                return self.native(flat, rows, expert.unsqueeze(1), gate.unsqueeze(1))
         bounds = [0] + ends.tolist()  # the one host sync (free on CPU)
         sizes = [b - a for a, b in zip(bounds, bounds[1:])]
         dtype = compute_dtype(flat)
@@ -324,6 +348,41 @@ class Experts(nn.Module):
         gemm_batch.gemm_groups(hidden, w2, y, sizes, beta=1.0)
         y.mul_(gate.to(y.dtype).unsqueeze(1))
         return _put_rows(_new_rows(flat.shape[0], y, rows, unique), rows, y, unique)
+
+    def native(
+        self, flat: torch.Tensor, index: Optional[torch.Tensor], expert: torch.Tensor, gate: torch.Tensor
+    ) -> torch.Tensor:
+        """The native path (float32 CPU inference, :mod:`.native`): ``out[row(t)] (+)=
+        sum_j gate[t, j] * FFN_{expert[t, j]}(flat[row(t)])``.
+
+        Args:
+            flat: ``[R, d]`` frames.
+            index: ``[n]`` int64, the row of ``flat`` of routed frame ``t``; None: all rows (``n == R``).
+            expert: ``[n, k]`` int64 and gate ``[n, k]``: each routed frame's choices, unsorted.
+
+        Returns:
+            ``[R, d]`` float32, zero on rows not routed.
+        """
+        w1, w2 = self._native_packed()
+        return native.experts(
+            flat.contiguous(), None if index is None else index.contiguous(), expert.contiguous(),
+            gate.float().contiguous(), w1, self.b1.contiguous(), w2, self.b2.contiguous(), self._hidden,
+        )
+
+    def _native_packed(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``w1`` and ``w2`` in the native GEMM's layout (:func:`.native.pack`), packed again
+        whenever a weight changes (an optimizer step, ``load_state_dict`` or a move bumps its
+        version or its storage): a copy of the experts' weights while the module is used for
+        CPU inference."""
+        key = tuple((w.data_ptr(), w._version) for w in (self.w1, self.w2))
+        if self._packed is None or self._packed[0] != key:
+            self._packed = None  # the old copy goes before the new one is made
+            self._packed = (key, native.pack(self.w1), native.pack(self.w2))
+        return self._packed[1], self._packed[2]
+
+    def __getstate__(self):
+        # The packed copy is a cache (rebuilt on use), not part of the module.
+        return {**super().__getstate__(), "_packed": None}
 
     def _hidden(self, pre: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.activation(pre))

@@ -11,7 +11,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from espnet_omnirouter.moe.experts import Experts
+from espnet_omnirouter.moe.experts import Experts, compute_dtype, records_grad
 from espnet_omnirouter.moe.router import Router, Routing
 
 
@@ -163,6 +163,12 @@ class MoEFeedForward(nn.Module):
         """
         num_experts = self.router.num_experts
         num_frames, top_k = routing.expert.shape
+        if isinstance(self.experts, Experts) and self.capacity(num_frames) is None:
+            grad = records_grad(self.experts, flat, routing.gate)
+            if self.experts.path(flat, num_frames * top_k, compute_dtype(flat), grad=grad) == "native":
+                # The C kernels sort, gather, run and scatter the unsorted routing themselves.
+                out = self.experts.native(flat, index, routing.expert, routing.gate)
+                return out, routing.expert.new_zeros(())
         if top_k == 1:
             # Each frame is at most once in the sorted order: no repeat/arange, and the
             # combine is a scatter without accumulation.

@@ -11,6 +11,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from espnet_omnirouter.moe import native
+
 
 @dataclass
 class Routing:
@@ -76,6 +78,9 @@ class Router(nn.Module):
         Returns:
             Routing for the ``N`` frames.
         """
+        if self._native_runs(x):
+            logits, probs, expert, gate = native.route(x.contiguous(), self.weight.contiguous(), self.top_k)
+            return Routing(expert=expert, gate=gate, probs=probs, logits=logits)
         with torch.autocast(device_type=x.device.type, enabled=False):
             x = x.float()
             if self.training and self.jitter > 0:
@@ -92,6 +97,20 @@ class Router(nn.Module):
                 expert = self.selection_noise(logits).topk(self.top_k, dim=-1).indices
                 gate = probs.gather(-1, expert)
         return Routing(expert=expert, gate=gate, probs=probs, logits=logits)
+
+    def _native_runs(self, x: torch.Tensor) -> bool:
+        """Whether the C router (:mod:`.native`) computes this forward: float32 CPU inputs and
+        weight, autograd not recording, no jitter drawn, no selection noise (the same function
+        as the PyTorch code below, in one call)."""
+        return (
+            x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and self.weight.dtype == torch.float32
+            and self.selection_noise is None
+            and not (self.training and self.jitter > 0)
+            and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
+            and native.available()
+        )
 
     def extra_repr(self) -> str:
         d = self.weight.shape[1]

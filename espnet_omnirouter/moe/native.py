@@ -1,0 +1,190 @@
+"""C kernels for the MoE FFN's CPU inference (float32): routing, dispatch, GEMMs and combine.
+
+``native_cpu.c`` (next to this file) is plain C (AVX2 + FMA intrinsics, OpenMP) without
+Python or PyTorch headers.  At first use it is compiled with the system C compiler (``$CC``,
+else ``cc``; flags :data:`FLAGS`) into a cache directory (``$ESPNET_OMNIROUTER_CACHE``, else
+``$XDG_CACHE_HOME/espnet_omnirouter`` or ``~/.cache/espnet_omnirouter``; the file name carries
+a hash of the source, the compiler and the flags, so a change rebuilds it) and loaded with
+ctypes.  Its OpenMP loops bind to the ``libgomp.so.1`` that PyTorch has loaded, so they run
+on PyTorch's threads (``torch.set_num_threads``).  :func:`available` checks the kernels once
+against PyTorch on small problems.  Where they cannot run (no compiler, a CPU without AVX2/FMA,
+a failed check), it returns False, says why in :data:`why_not`, and the experts and router
+take their PyTorch paths; ``ESPNET_OMNIROUTER_NATIVE=0`` turns it off.
+
+Why: at decoding sizes (one utterance, ~100-500 frames per FFN) the PyTorch version of the
+non-GEMM steps (router, sort, gathers, bias rows, gate, scatter) costs a few microseconds
+per operator and per Python call, and MKL's small GEMMs first copy each expert's weights
+(``benchmarks/encoder_ffn_parts.py``); here each side of the activation is one call and the
+GEMM reads the weights in place.
+"""
+import ctypes
+import hashlib
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from typing import Optional
+
+import torch
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native_cpu.c")
+FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=gnu99")
+
+_P, _I, _I64, _F = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
+_lib = None
+_checked: Optional[bool] = None
+why_not = ""  # why available() is False ("" while it is True or not yet asked)
+
+
+def cache_dir() -> str:
+    """Where the compiled library is kept."""
+    if os.environ.get("ESPNET_OMNIROUTER_CACHE"):
+        return os.environ["ESPNET_OMNIROUTER_CACHE"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "espnet_omnirouter")
+
+
+def _build() -> str:
+    """Compile ``native_cpu.c`` unless the cache has it; returns the library's path."""
+    cc = os.environ.get("CC", "cc")
+    with open(SOURCE, "rb") as f:
+        key = hashlib.sha256(f.read() + repr((cc, FLAGS, sys.platform)).encode()).hexdigest()[:16]
+    path = os.path.join(cache_dir(), f"native_cpu-{key}.so")
+    if not os.path.exists(path):
+        os.makedirs(cache_dir(), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache_dir())
+        os.close(fd)
+        try:
+            subprocess.run([cc, *FLAGS, "-o", tmp, SOURCE, "-lm"], check=True, capture_output=True, text=True)
+            os.replace(tmp, path)  # atomic: concurrent processes never load a half-written file
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    return path
+
+
+def _load():
+    lib = ctypes.CDLL(_build())
+    lib.moe_supported.restype = _I
+    lib.moe_route.argtypes = [_P, _P, _I64, _I, _I, _I, _P, _P, _P, _P]
+    lib.moe_route.restype = None
+    lib.moe_experts_in.argtypes = [_I64, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P]
+    lib.moe_experts_in.restype = _I
+    lib.moe_experts_out.argtypes = [_I64, _I, _I, _I, _I, _I64, _P, _P, _P, _P, _P, _P, _P, _P, _P]
+    lib.moe_experts_out.restype = None
+    lib.moe_pack.argtypes = [_P, _I, _I, _I, _P]
+    lib.moe_pack.restype = None
+    lib.moe_expert_gemm.argtypes = [_P, _P, _P, _P, _P, _I, _I, _I]
+    lib.moe_expert_gemm.restype = None
+    return lib
+
+
+def available() -> bool:
+    """Whether the kernels can run here (built, loaded and checked once per process)."""
+    global _lib, _checked, why_not
+    if _checked is None:
+        _checked = False
+        if os.environ.get("ESPNET_OMNIROUTER_NATIVE", "1") == "0":
+            why_not = "ESPNET_OMNIROUTER_NATIVE=0"
+        elif platform.machine().lower() not in ("x86_64", "amd64"):
+            why_not = f"the kernels are x86-64 (AVX2), this is {platform.machine()}"
+        else:
+            try:
+                _lib = _load()
+                if not _lib.moe_supported():
+                    why_not = "this CPU has no AVX2/FMA"
+                else:
+                    _checked = _self_check()
+                    why_not = "" if _checked else "the compiled kernels disagree with PyTorch"
+            except (OSError, subprocess.CalledProcessError) as e:
+                detail = getattr(e, "stderr", "") or str(e)
+                why_not = f"cannot build or load {SOURCE}: {detail.strip()[:500]}"
+    return _checked
+
+
+def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
+    return None if t is None else t.data_ptr()
+
+
+def route(x: torch.Tensor, weight: torch.Tensor, top_k: int):
+    """Router of ``[n, d]`` float32 frames and an ``[E, d]`` weight: ``(logits, probs, expert,
+    gate)``, ``[n, E]`` float32 twice, ``[n, k]`` int64 and float32 (best first)."""
+    n, e = x.shape[0], weight.shape[0]
+    logits, probs = x.new_empty(n, e), x.new_empty(n, e)
+    expert, gate = torch.empty(n, top_k, dtype=torch.long), x.new_empty(n, top_k)
+    _lib.moe_route(x.data_ptr(), weight.data_ptr(), n, x.shape[1], e, top_k, logits.data_ptr(), probs.data_ptr(),
+                   expert.data_ptr(), gate.data_ptr())
+    return logits, probs, expert, gate
+
+
+def pack(w: torch.Tensor) -> torch.Tensor:
+    """Stacked expert weights ``[E, k, n]`` (float32) in the layout the GEMM streams: ``[E,
+    ceil(n / 16), k, 16]``, each 16-column tile contiguous, zero past column ``n``."""
+    e, k, n = w.shape
+    w = w.detach().contiguous()
+    packed = w.new_empty(e, (n + 15) // 16, k, 16)
+    _lib.moe_pack(w.data_ptr(), e, k, n, packed.data_ptr())
+    return packed
+
+
+def expert_gemm(a: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor, c: torch.Tensor, ends: torch.Tensor) -> None:
+    """``c[s_e] = bias[e] + a[s_e] @ w[e]`` in place for the experts' consecutive row slices
+    ``s_e`` (``ends``: ``[E]`` int32 end rows), ``w`` ``[E, k, n]`` given packed (:func:`pack`);
+    ``a`` ``[m, k]``, ``c`` ``[m, n]``, ``bias`` ``[E, n]``: float32, contiguous.  The GEMMs of
+    :func:`experts` alone (for benchmarks)."""
+    e, k, n = bias.shape[0], a.shape[1], c.shape[1]
+    _lib.moe_expert_gemm(a.data_ptr(), packed.data_ptr(), bias.data_ptr(), c.data_ptr(), ends.data_ptr(), e, k, n)
+
+
+def experts(flat, index, expert, gate, w1, b1, w2, b2, hidden_fn) -> torch.Tensor:
+    """``out[row(t)] (+)= sum_j gate[t, j] * FFN_{expert[t, j]}(flat[row(t)])``.
+
+    Args:
+        flat: ``[R, d]`` float32, contiguous: all frames.
+        index: ``[n]`` int64, the row of ``flat`` of each routed frame, or None (``n == R``).
+        expert: ``[n, k]`` int64 and gate ``[n, k]`` float32: each routed frame's choices.
+        w1, b1, w2, b2: the expert weights, ``w1`` ``[E, d, h]`` and ``w2`` ``[E, h, d]``
+            packed by :func:`pack`, ``b1`` ``[E, h]``, ``b2`` ``[E, d]`` (float32, contiguous).
+        hidden_fn: the activation (and dropout) applied to the ``[n * k, h]`` hidden units.
+
+    Returns:
+        ``[R, d]`` float32, zero on rows not routed.
+    """
+    n, k = expert.shape
+    e, h = b1.shape
+    d = flat.shape[1]
+    m = n * k
+    xs, hidden = flat.new_empty(m, d), flat.new_empty(m, h)
+    order, ends = torch.empty(m, dtype=torch.long), torch.empty(e, dtype=torch.int32)
+    if _lib.moe_experts_in(n, k, e, d, h, expert.data_ptr(), _ptr(index), flat.data_ptr(), w1.data_ptr(),
+                           b1.data_ptr(), xs.data_ptr(), hidden.data_ptr(), order.data_ptr(), ends.data_ptr()):
+        raise ValueError(f"MoE routing chose an expert outside 0..{e - 1}")
+    hidden = hidden_fn(hidden).contiguous()
+    out = flat.new_empty(flat.shape[0], d)
+    _lib.moe_experts_out(n, k, e, d, h, flat.shape[0], order.data_ptr(), ends.data_ptr(), _ptr(index),
+                         hidden.data_ptr(), w2.data_ptr(), b2.data_ptr(), gate.data_ptr(), xs.data_ptr(),
+                         out.data_ptr())
+    return out
+
+
+def _self_check() -> bool:
+    """The kernels against PyTorch on small problems: top-1 and top-2, with and without index,
+    widths with full 16-column tiles and a remainder, slices of more and fewer than 6 rows."""
+    gen = torch.Generator().manual_seed(0)
+    n, d, h, e = 37, 20, 40, 4
+    x, w = torch.randn(n, d, generator=gen), torch.randn(e, d, generator=gen)
+    w1, b1 = torch.randn(e, d, h, generator=gen), torch.randn(e, h, generator=gen)
+    w2, b2 = torch.randn(e, h, d, generator=gen), torch.randn(e, d, generator=gen)
+    logits, probs, expert, gate = route(x, w, 2)
+    want_probs = (x @ w.t()).softmax(-1)
+    ok = torch.allclose(probs, want_probs, atol=1e-5) and torch.equal(expert, want_probs.topk(2).indices)
+    for k, index in ((1, None), (2, torch.arange(0, n, 3))):
+        rows = x if index is None else x[index]
+        ex, g = expert[: rows.shape[0], :k].contiguous(), gate[: rows.shape[0], :k].contiguous()
+        y = torch.relu(torch.einsum("nd,nkdh->nkh", rows, w1[ex]) + b1[ex])
+        y = (torch.einsum("nkh,nkhd->nkd", y, w2[ex]) + b2[ex]).mul(g.unsqueeze(2)).sum(1)
+        want = y if index is None else torch.zeros_like(x).index_add_(0, index, y)
+        got = experts(x, index, ex, g, pack(w1), b1, pack(w2), b2, torch.relu)
+        ok = ok and torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+    return bool(ok)

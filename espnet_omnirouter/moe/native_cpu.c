@@ -1,0 +1,270 @@
+/* CPU inference kernels of the MoE FFN: routing, dispatch, expert GEMMs and combine in C
+ * (float32, AVX2 + FMA, OpenMP).
+ *
+ * Plain C, no Python or PyTorch headers: espnet_omnirouter/moe/native.py compiles this file
+ * with the system C compiler at first use and calls it through ctypes with tensors' data
+ * pointers.  Built with -fopenmp, it binds to the libgomp.so.1 that PyTorch has already
+ * loaded, so its parallel loops run on PyTorch's threads (torch.set_num_threads).
+ *
+ * Why not PyTorch operators or MKL: at decoding sizes (one utterance: ~100-500 frames per
+ * FFN, a few dozen per expert) the operator version pays a few microseconds per operator
+ * and Python call, and MKL's GEMMs first copy ("pack") each expert's weights, a second pass
+ * over 8x the dense FFN's weights that, with 64 MB of experts per encoder, come from DRAM.
+ * Here the weights are packed once (moe_pack; the caller keeps the copy while the weights do
+ * not change) into contiguous column tiles that the GEMM streams in order while it computes.
+ *
+ * Layouts (row-major, contiguous):
+ *   x, flat [rows, d]   router weight [E, d]   w1 [E, d, h]  b1 [E, h]  w2 [E, h, d]  b2 [E, d]
+ *   expert, gate [n, k] (best first)   assignments a = j * n + t (choice j of routed frame t,
+ *   k-major, as MoEFeedForward._dispatch orders them), sorted by expert, stable.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define MR 6  /* rows of a GEMM tile */
+#define NR 16 /* columns of a GEMM tile: two 8-float vectors */
+
+/* c[0:mr, 0:16] = bias[0:16] + a[0:mr, 0:kk] @ b[0:kk, 0:16]; mr is a constant where it is
+ * inlined, so the 2 * mr accumulators stay in registers. */
+static inline __attribute__((always_inline)) void tile(const int mr, int kk, const float *a, int lda,
+                                                       const float *b, int ldb, const float *bias, float *c,
+                                                       int ldc) {
+    __m256 c0[MR], c1[MR];
+    for (int i = 0; i < mr; i++) c0[i] = _mm256_loadu_ps(bias), c1[i] = _mm256_loadu_ps(bias + 8);
+    for (int p = 0; p < kk; p++) {
+        const float *bp = b + (int64_t)p * ldb;
+        __m256 b0 = _mm256_loadu_ps(bp), b1 = _mm256_loadu_ps(bp + 8);
+        for (int i = 0; i < mr; i++) {
+            __m256 ai = _mm256_broadcast_ss(a + (int64_t)i * lda + p);
+            c0[i] = _mm256_fmadd_ps(ai, b0, c0[i]);
+            c1[i] = _mm256_fmadd_ps(ai, b1, c1[i]);
+        }
+    }
+    for (int i = 0; i < mr; i++) {
+        _mm256_storeu_ps(c + (int64_t)i * ldc, c0[i]);
+        _mm256_storeu_ps(c + (int64_t)i * ldc + 8, c1[i]);
+    }
+}
+
+/* c[0:m, 0:cols] = bias + a[0:m, :] @ b, b a packed kk x 16 column tile (row stride 16), in
+ * tiles of MR rows; cols < 16 for the last tile of a width that is not a multiple of 16 (then
+ * through a full-width buffer: only the first cols columns of c and bias are touched). */
+static void column_tile(int m, int kk, const float *a, const float *b, const float *bias, float *c, int ldc,
+                        int cols) {
+    float buf[MR * NR], bias16[NR];
+    if (cols < NR) {
+        memset(bias16, 0, sizeof(bias16));
+        memcpy(bias16, bias, sizeof(float) * cols);
+        bias = bias16;
+    }
+    for (int i = 0; i < m; i += MR) {
+        int mr = m - i < MR ? m - i : MR, ldt = cols < NR ? NR : ldc;
+        const float *ar = a + (int64_t)i * kk;
+        float *cr = c + (int64_t)i * ldc, *ct = cols < NR ? buf : cr;
+        switch (mr) {
+            case 6: tile(6, kk, ar, kk, b, NR, bias, ct, ldt); break;
+            case 5: tile(5, kk, ar, kk, b, NR, bias, ct, ldt); break;
+            case 4: tile(4, kk, ar, kk, b, NR, bias, ct, ldt); break;
+            case 3: tile(3, kk, ar, kk, b, NR, bias, ct, ldt); break;
+            case 2: tile(2, kk, ar, kk, b, NR, bias, ct, ldt); break;
+            default: tile(1, kk, ar, kk, b, NR, bias, ct, ldt); break;
+        }
+        if (cols < NR)
+            for (int r = 0; r < mr; r++) memcpy(cr + (int64_t)r * ldc, buf + r * NR, sizeof(float) * cols);
+    }
+}
+
+/* Number of 16-column tiles of a width n. */
+static int tiles_of(int n) { return (n + NR - 1) / NR; }
+
+/* Pack w [E, kk, n] into column tiles: packed [E, tiles_of(n), kk, 16], zero past column n.
+ * Each tile is then one contiguous block that the GEMM streams from memory in order. */
+void moe_pack(const float *w, int e, int kk, int n, float *packed) {
+    int tiles = tiles_of(n);
+    for (int x = 0; x < e; x++)
+        for (int t = 0; t < tiles; t++)
+            for (int p = 0; p < kk; p++) {
+                float *dst = packed + (((int64_t)x * tiles + t) * kk + p) * NR;
+                const float *src = w + ((int64_t)x * kk + p) * n + t * NR;
+                int cols = n - t * NR < NR ? n - t * NR : NR;
+                memcpy(dst, src, sizeof(float) * cols);
+                memset(dst + cols, 0, sizeof(float) * (NR - cols));
+            }
+}
+
+/* c[s_i] = bias[i] + a[s_i] @ w[i] for the experts' consecutive row slices s_i (ends: their end
+ * rows); a [m, kk], c [m, n], bias [E, n], w [E, kk, n] given packed (moe_pack).  The (expert,
+ * column tile) pairs are spread over the threads; a tile is read from memory once, in order,
+ * and stays in L1 while the slice's rows go through it. */
+static void expert_gemm(const float *a, const float *packed, const float *bias, float *c, const int32_t *ends,
+                        int e, int kk, int n) {
+    int tiles = tiles_of(n), items = e * tiles;
+#pragma omp parallel for schedule(dynamic, 2)
+    for (int item = 0; item < items; item++) {
+        int x = item / tiles, t = item % tiles, start = x ? ends[x - 1] : 0;
+        int cols = n - t * NR < NR ? n - t * NR : NR;
+        if (ends[x] > start)
+            column_tile(ends[x] - start, kk, a + (int64_t)start * kk, packed + (int64_t)item * kk * NR,
+                        bias + (int64_t)x * n + t * NR, c + (int64_t)start * n + t * NR, n, cols);
+    }
+}
+
+/* expert_gemm for callers (benchmarks/encoder_ffn_parts.py times the GEMMs alone). */
+void moe_expert_gemm(const float *a, const float *packed, const float *bias, float *c, const int32_t *ends, int e,
+                     int kk, int n) {
+    expert_gemm(a, packed, bias, c, ends, e, kk, n);
+}
+
+static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+/* l[0:e] = w @ u for the e rows of w [e, d]: four rows at a time, sharing the loads of u. */
+static void logits_row(const float *u, const float *w, int d, int e, float *l) {
+    int i = 0;
+    for (; i + 4 <= e; i += 4) {
+        const float *w0 = w + (int64_t)i * d, *w1 = w0 + d, *w2 = w1 + d, *w3 = w2 + d;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        int c = 0;
+        for (; c + 8 <= d; c += 8) {
+            __m256 x = _mm256_loadu_ps(u + c);
+            a0 = _mm256_fmadd_ps(x, _mm256_loadu_ps(w0 + c), a0);
+            a1 = _mm256_fmadd_ps(x, _mm256_loadu_ps(w1 + c), a1);
+            a2 = _mm256_fmadd_ps(x, _mm256_loadu_ps(w2 + c), a2);
+            a3 = _mm256_fmadd_ps(x, _mm256_loadu_ps(w3 + c), a3);
+        }
+        float s0 = hsum(a0), s1 = hsum(a1), s2 = hsum(a2), s3 = hsum(a3);
+        for (; c < d; c++) s0 += u[c] * w0[c], s1 += u[c] * w1[c], s2 += u[c] * w2[c], s3 += u[c] * w3[c];
+        l[i] = s0, l[i + 1] = s1, l[i + 2] = s2, l[i + 3] = s3;
+    }
+    for (; i < e; i++) {
+        const float *wi = w + (int64_t)i * d;
+        __m256 a = _mm256_setzero_ps();
+        int c = 0;
+        for (; c + 8 <= d; c += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(u + c), _mm256_loadu_ps(wi + c), a);
+        float sum = hsum(a);
+        for (; c < d; c++) sum += u[c] * wi[c];
+        l[i] = sum;
+    }
+}
+
+/* exp of 8 floats: 2^n * e^r, r = x - n ln2 in [-ln2/2, ln2/2], e^r by its Taylor polynomial
+ * to degree 7 (truncation error < 5e-9, below float rounding); x is clamped to [-87, 88]
+ * (below, the result stays at exp(-87) ~ 1.6e-38 instead of going subnormal). */
+static inline __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x); /* ln2 = 0.693359375 - 2.12194440e-4 */
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 5040);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+
+/* p[0:e] = softmax(l[0:e]), in vectors of 8 (scalar expf for the last e % 8). */
+static void softmax_row(const float *l, int e, float *p) {
+    float top = l[0], sum = 0.0f;
+    for (int i = 1; i < e; i++) top = l[i] > top ? l[i] : top;
+    int i = 0;
+    __m256 acc = _mm256_setzero_ps();
+    for (; i + 8 <= e; i += 8) {
+        __m256 v = exp8(_mm256_sub_ps(_mm256_loadu_ps(l + i), _mm256_set1_ps(top)));
+        _mm256_storeu_ps(p + i, v);
+        acc = _mm256_add_ps(acc, v);
+    }
+    sum = hsum(acc);
+    for (; i < e; i++) sum += (p[i] = expf(l[i] - top));
+    for (i = 0; i < e; i++) p[i] /= sum;
+}
+
+/* Whether this CPU runs the kernels (they use AVX2 and FMA). */
+int moe_supported(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+/* Router: logits = x w^T, probs = softmax(logits), the k most probable experts (best first,
+ * lower index first on ties) and their probabilities as gates. */
+void moe_route(const float *x, const float *w, int64_t n, int d, int e, int k, float *logits, float *probs,
+               int64_t *expert, float *gate) {
+    for (int64_t t = 0; t < n; t++) {
+        float *l = logits + t * e, *p = probs + t * e;
+        logits_row(x + t * d, w, d, e, l);
+        softmax_row(l, e, p);
+        for (int j = 0; j < k; j++) {
+            int best = -1;
+            for (int i = 0; i < e; i++) {
+                int taken = 0;
+                for (int q = 0; q < j; q++) taken |= expert[t * k + q] == i;
+                if (!taken && (best < 0 || p[i] > p[best])) best = i;
+            }
+            expert[t * k + j] = best;
+            gate[t * k + j] = p[best];
+        }
+    }
+}
+
+/* First half of the experts: sort the n * k assignments by expert (stable), gather each one's
+ * frame into xs [n*k, d] (row index[t] of flat, or row t when index is NULL), and compute
+ * hidden [n*k, h] = b1[expert] + xs @ w1[expert] (w1 packed by moe_pack).  Writes order [n*k] (the assignment
+ * a of each sorted row) and ends [E] (end row of each expert's slice).  Returns -1 if an
+ * expert index is out of range, else 0. */
+int moe_experts_in(int64_t n, int k, int e, int d, int h, const int64_t *expert, const int64_t *index,
+                   const float *flat, const float *w1, const float *b1, float *xs, float *hidden, int64_t *order,
+                   int32_t *ends) {
+    int64_t m = n * k, next[e];
+    for (int i = 0; i < e; i++) next[i] = 0;
+    for (int64_t t = 0; t < m; t++) {
+        int64_t x = expert[t];
+        if (x < 0 || x >= e) return -1;
+        next[x]++;
+    }
+    int64_t start = 0;
+    for (int i = 0; i < e; i++) {
+        int64_t count = next[i];
+        next[i] = start;
+        start += count;
+        ends[i] = (int32_t)start;
+    }
+    for (int64_t a = 0; a < m; a++) {
+        int64_t t = a % n, j = a / n, x = expert[t * k + j], pos = next[x]++;
+        int64_t row = index ? index[t] : t;
+        order[pos] = a;
+        memcpy(xs + pos * d, flat + row * d, sizeof(float) * d);
+    }
+    expert_gemm(xs, w1, b1, hidden, ends, e, d, h);
+    return 0;
+}
+
+/* Second half: y [n*k, d] = b2[expert] + hidden @ w2[expert] per slice (w2 packed), then
+ * out[row] (+)= gate * y for each assignment.  out [rows, d] is written without being read
+ * when every row is routed exactly once (k == 1, no index), else zeroed and accumulated
+ * (rows not routed stay 0). */
+void moe_experts_out(int64_t n, int k, int e, int d, int h, int64_t rows, const int64_t *order,
+                     const int32_t *ends, const int64_t *index, const float *hidden, const float *w2,
+                     const float *b2, const float *gate, float *y, float *out) {
+    expert_gemm(hidden, w2, b2, y, ends, e, h, d);
+    int direct = k == 1 && index == NULL;
+    if (!direct) memset(out, 0, sizeof(float) * rows * d);
+    for (int64_t pos = 0; pos < n * k; pos++) {
+        int64_t a = order[pos], t = a % n, j = a / n, row = index ? index[t] : t;
+        float g = gate[t * k + j], *o = out + row * d;
+        const float *src = y + pos * d;
+        if (direct)
+            for (int c = 0; c < d; c++) o[c] = g * src[c];
+        else
+            for (int c = 0; c < d; c++) o[c] += g * src[c];
+    }
+}
