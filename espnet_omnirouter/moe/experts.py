@@ -157,8 +157,7 @@ class Experts(nn.Module):
             if self.impl == "gemm_batch" and not self._gemm_batch_runs(x, dtype):
                 raise ValueError(f"Experts.impl 'gemm_batch' runs float32 on CPU with MKL, not {dtype} on {x.device}")
             if self.impl == "native" and not self._native_runs(x, dtype):
-                cpu32 = x.device.type == "cpu" and dtype == self.w1.dtype == torch.float32
-                why = native.why_not if cpu32 else f"float32 on CPU, not {dtype} on {x.device}"
+                why = native.why_not if self._cpu_float32(x, dtype) else f"float32 on CPU, not {dtype} on {x.device}"
                 raise ValueError(f"Experts.impl 'native' cannot run: {why}")
             return self.impl
         supported = grouped_mm_supported(x, self.w1.shape[2], dtype)
@@ -176,20 +175,20 @@ class Experts(nn.Module):
             return "gemm_batch" if self._gemm_batch_runs(x, dtype) else "padded"
         return "loop"
 
+    def _cpu_float32(self, x: torch.Tensor, dtype: torch.dtype) -> bool:
+        """Whether ``x`` is on CPU and computed in float32 with float32 weights (what the
+        gemm_batch and native paths run)."""
+        return x.device.type == "cpu" and dtype == torch.float32 and self.w1.dtype == torch.float32
+
     def _gemm_batch_runs(self, x: torch.Tensor, dtype: torch.dtype) -> bool:
-        """Whether the gemm_batch path can run ``x`` computed in ``dtype``: float32 inputs
-        and weights on CPU, with MKL's batched GEMM."""
-        return (
-            x.device.type == "cpu"
-            and dtype == torch.float32
-            and self.w1.dtype == torch.float32
-            and gemm_batch.available()
-        )
+        """Whether the gemm_batch path can run ``x`` computed in ``dtype``: float32 on CPU,
+        with MKL's batched GEMM."""
+        return self._cpu_float32(x, dtype) and gemm_batch.available()
 
     def _native_runs(self, x: torch.Tensor, dtype: torch.dtype) -> bool:
-        """Whether the native path can run ``x`` computed in ``dtype``: float32 inputs and
-        weights on CPU, with the C kernels built and checked (:func:`.native.available`)."""
-        return x.device.type == "cpu" and dtype == torch.float32 and self.w1.dtype == torch.float32 and native.available()
+        """Whether the native path can run ``x`` computed in ``dtype``: float32 on CPU, with
+        the C kernels built and checked (:func:`.native.available`)."""
+        return self._cpu_float32(x, dtype) and native.available()
 
     def use_grouped_mm(self, x: torch.Tensor, dtype: Optional[torch.dtype] = None) -> bool:
         """Whether the ``grouped_mm`` path runs for ``x`` computed in ``dtype`` (default:

@@ -15,7 +15,7 @@ Why: at decoding sizes (one utterance, ~100-500 frames per FFN) the PyTorch vers
 non-GEMM steps (router, sort, gathers, bias rows, gate, scatter) costs a few microseconds
 per operator and per Python call, and MKL's small GEMMs first copy each expert's weights
 (``benchmarks/encoder_ffn_parts.py``); here each side of the activation is one call and the
-GEMM reads the weights in place.
+GEMM streams a copy of the weights packed once (:func:`pack`).
 """
 import ctypes
 import hashlib
@@ -31,7 +31,7 @@ import torch
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native_cpu.c")
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=gnu99")
 
-_P, _I, _I64, _F = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
+_P, _I, _I64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
 _lib = None
 _checked: Optional[bool] = None
 why_not = ""  # why available() is False ("" while it is True or not yet asked)
