@@ -28,7 +28,7 @@ sysdeps:
 	fi
 
 test: install sysdeps
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q --durations=20 tests
 
 demo: install sysdeps
 	cd egs2/synth_en/asr1 && ./run.sh --python $(abspath $(PYTHON)) $(DEMO_OPTS)

@@ -185,6 +185,9 @@ def time_interleaved(
 ) -> Tuple[Dict[str, List[float]], Dict[str, float]]:
     """Seconds per call of each step, rounds interleaved; warm-up rounds dropped.
 
+    Round ``r`` starts with step ``r mod len(steps)`` (the order is rotated), so that no step
+    always runs right after the same other step (whose memory traffic it would inherit).
+
     A step whose first call takes longer than ``max_step_s`` (> 0) is not run again; it
     is returned in the second dict with that time, and has no times.  With ``budget_s``
     (> 0), the number of timed rounds is cut so that they take about that long (judged
@@ -195,7 +198,9 @@ def time_interleaved(
     rounds, r = warmup + repeats, 0
     while r < rounds:
         round_s = 0.0
-        for name, step in steps.items():
+        names = list(steps)
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            step = steps[name]
             if name in slow:
                 continue
             synchronize(device)

@@ -800,7 +800,8 @@ def test_reuse_check_compares_reruns_epoch_by_epoch(tmp_path):
 
 def test_encoder_ffn_parts_splits_every_encoder(tmp_path):
     """encoder_ffn_parts.py on the tiny configs: every encoder's forward, FFNs and GEMMs timed,
-    the MoE routers too, rest = FFNs - GEMMs, and the budget from the dense encoder's time."""
+    the MoE routers too (and the native GEMMs on ordinary pages), rest = FFNs - GEMMs, and the
+    budget from the dense encoder's time."""
     import encoder_ffn_parts
     from espnet_omnirouter.moe import gemm_batch, native
 
@@ -822,6 +823,20 @@ def test_encoder_ffn_parts_splits_every_encoder(tmp_path):
             assert r["router_s"] > 0
             want = "native" if native.available() else "gemm_batch" if gemm_batch.available() else "addmm per slice"
             assert r["gemm_kind"] == want
+            assert (r["gemm_4k_pages_s"] > 0) if want == "native" else (r["gemm_4k_pages_s"] is None)
             assert len(r["slice_sizes"]) == 4 and all(sum(s) == sum(r["slice_sizes"][0]) for s in r["slice_sizes"])
     with pytest.raises(SystemExit):
         encoder_ffn_parts.main(["--target", "1.0"])
+
+
+def test_interleaved_rounds_rotate_the_order():
+    """time_interleaved runs every step once per round, each round starting one step later,
+    and keeps the times of the rounds after the warm-up."""
+    import _bench
+    import torch
+
+    calls = []
+    steps = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    times, slow = _bench.time_interleaved(steps, torch.device("cpu"), warmup=1, repeats=3)
+    assert "".join(calls) == "abc" + "bca" + "cab" + "abc"
+    assert slow == {} and {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}

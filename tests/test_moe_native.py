@@ -1,5 +1,5 @@
 """The C kernels of the native CPU inference path (espnet_omnirouter/moe/native.py): build,
-router, packed weights and their refresh, switching off.  Their outputs against the training
+router, packed weights (huge pages) and their refresh, activations applied in C, switching off.  Their outputs against the training
 path, layer by layer, are in tests/test_moe_compile.py."""
 import os
 import subprocess
@@ -24,15 +24,16 @@ def test_builds_into_the_cache_dir_and_checks(tmp_path):
     assert out.stdout.strip().endswith("False ESPNET_OMNIROUTER_NATIVE=0")
 
 
+@pytest.mark.parametrize("frames", [57, 130])  # 130: over the threads
 @pytest.mark.parametrize("top_k", [1, 2])
 @pytest.mark.parametrize("num_experts", [3, 8, 11])  # 11: a softmax row of 8 + 3
-def test_router_matches_pytorch(top_k, num_experts):
+def test_router_matches_pytorch(top_k, num_experts, frames):
     """Under inference the router runs in C: the same logits, probabilities, choices and gates
     as its PyTorch code (which runs whenever autograd records)."""
     torch.manual_seed(0)
     router = Router(20, num_experts, top_k=top_k).eval()
     torch.nn.init.normal_(router.weight, std=1.0)
-    x = torch.randn(57, 20) * 3
+    x = torch.randn(frames, 20) * 3
     want = router(x)  # the weight requires grad: PyTorch code
     assert want.logits.requires_grad
     with torch.inference_mode():
@@ -80,3 +81,83 @@ def test_bad_expert_index_is_an_error():
     flat = torch.randn(5, 16)
     with torch.inference_mode(), pytest.raises(ValueError, match="expert outside 0..3"):
         experts.native(flat, None, torch.tensor([[0], [1], [4], [2], [3]]), torch.ones(5, 1))
+
+
+class _Swish(torch.nn.Module):  # x * sigmoid(x), declared below to equal "silu"
+    def forward(self, x):
+        return x * torch.sigmoid(x)
+
+
+class _Shifted(torch.nn.ReLU):  # a subclass that computes something else: not taken for ReLU
+    def forward(self, x):
+        return torch.relu(x - 0.5)
+
+
+@pytest.mark.parametrize(
+    "make, fused",
+    [(torch.nn.ReLU, native.ACT_RELU), (torch.nn.SiLU, native.ACT_SILU), (_Swish, native.ACT_SILU),
+     (torch.nn.GELU, native.ACT_NONE), (_Shifted, native.ACT_NONE)],
+)
+def test_activation_in_the_gemm_matches_the_loop(make, fused):
+    """ReLU, SiLU and registered equivalents are applied by the C GEMM (one call); other
+    activations, subclasses included, run in PyTorch between the two calls; both give the
+    training path's (loop) output."""
+    native.register_activation(_Swish, "silu")
+    assert native.activation_code(make()) == fused
+    torch.manual_seed(0)
+    layer = MoEFeedForward(Router(24, 5, top_k=2), Experts(5, 24, 40, make(), 0.1)).eval()
+    x = torch.randn(3, 31, 24) * 2
+    mask = torch.arange(31).expand(3, 31) < torch.tensor([[31], [20], [7]])
+    with torch.inference_mode():
+        layer.experts.impl = "loop"
+        want = layer(x, mask)
+        layer.experts.impl = "native"
+        torch.testing.assert_close(layer(x, mask), want, atol=1e-5, rtol=1e-5)
+
+
+def test_training_mode_dropout_is_not_skipped():
+    """Dropout that is active (training mode, p > 0) keeps the activation in PyTorch: with
+    p = 1 every hidden unit is dropped and each routed frame gets gate * b2 of its expert."""
+    torch.manual_seed(0)
+    experts = Experts(4, 16, 32, torch.nn.ReLU(), dropout_rate=1.0).train()
+    flat, expert, gate = torch.randn(9, 16), torch.randint(0, 4, (9, 1)), torch.rand(9, 1)
+    with torch.no_grad():
+        got = experts.native(flat, None, expert, gate)
+        torch.testing.assert_close(got, gate * experts.b2[expert[:, 0]], atol=1e-6, rtol=1e-6)
+        assert not torch.allclose(experts.eval().native(flat, None, expert, gate), got)
+
+
+def test_register_activation_checks_its_name():
+    with pytest.raises(ValueError, match="same_as must be one of"):
+        native.register_activation(_Swish, "swish")
+
+
+def test_espnet_swish_is_registered():
+    """The ESPnet adapters declare ESPnet's Conformer activation (Swish) equal to silu."""
+    from espnet.nets.pytorch_backend.conformer.swish import Swish
+
+    import espnet_omnirouter.encoders  # noqa: F401
+
+    assert native.activation_code(Swish()) == native.ACT_SILU
+
+
+def _anon_huge_kb() -> int:
+    with open("/proc/self/smaps_rollup") as f:
+        return sum(int(line.split()[1]) for line in f if line.startswith("AnonHugePages:"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="transparent huge pages are Linux's")
+def test_packed_weights_are_on_huge_pages():
+    """Packed weights of 2 MiB and more start on a 2 MiB boundary and, unless the system
+    has transparent huge pages off, are backed by them; the packing is exact."""
+    assert native.available(), native.why_not
+    w = torch.randn(8, 144, 576)  # 2.65 MB, as one of the demo's MoE FFNs
+    before = _anon_huge_kb()
+    packed = native.pack(w)
+    grown = _anon_huge_kb() - before
+    assert packed.data_ptr() % (2 << 20) == 0
+    assert torch.equal(packed.permute(0, 2, 1, 3).reshape(8, 144, 576), w)
+    assert torch.equal(native.pack(w, huge_pages=False), packed)
+    with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+        mode = f.read().split("[")[1].split("]")[0]
+    assert (grown >= 2048) == (mode != "never"), (mode, grown)

@@ -10,13 +10,18 @@ import inspect
 from typing import List, Optional
 
 import torch
+from espnet.nets.pytorch_backend.conformer.swish import Swish
 from espnet.nets.pytorch_backend.transformer.positionwise_feed_forward import (
     PositionwiseFeedForward,
 )
 
 from espnet_omnirouter.config_check import check_known_keys, typechecked_conf
-from espnet_omnirouter.moe import Experts, LayerRouting, MoEFeedForward, Padding, Router
+from espnet_omnirouter.moe import Experts, LayerRouting, MoEFeedForward, Padding, Router, native
 from espnet_omnirouter.signature import publish_signature
+
+# ESPnet's Conformer activation ("swish") is x * sigmoid(x): the C GEMM of the native CPU path
+# applies it itself.
+native.register_activation(Swish, "silu")
 
 # FFN attributes of ESPnet's EncoderLayer, in the order the layer runs them.
 _MACARON_FFN = "feed_forward_macaron"

@@ -36,8 +36,10 @@ Four implementations of the same function (``Experts.impl`` picks one; "auto" by
   cannot run (``benchmarks/encoder_infer.py``).
 * ``native``: inference only, CPU float32 (x86-64 with AVX2).  Everything in C
   (:mod:`.native`, compiled at first use): the sort by expert, the gathers, the expert
-  GEMMs (bias included, on a packed copy of the weights that they stream in order), the
-  gate and the scatter, one call on each side of the activation (a PyTorch call); with
+  GEMMs (bias included, on a packed copy of the weights that they stream in order, on huge
+  pages), the activation where the C code knows it (ReLU, SiLU, ESPnet's Swish; dropout
+  inactive: one call for the FFN; else a PyTorch call between two), the gate and the
+  scatter; with
   :class:`~.layer.MoEFeedForward` the unsorted routing goes straight in (no PyTorch sort),
   and the router is C too (:class:`~.router.Router`).  "auto" prefers it to gemm_batch
   wherever :func:`.native.available`.
@@ -363,9 +365,13 @@ class Experts(nn.Module):
             ``[R, d]`` float32, zero on rows not routed.
         """
         w1, w2 = self._native_packed()
+        # The C GEMM applies the activation itself when it knows it and dropout is the identity.
+        act = native.activation_code(self.activation)
+        if self.dropout.training and self.dropout.p > 0:
+            act = native.ACT_NONE
         return native.experts(
             flat.contiguous(), None if index is None else index.contiguous(), expert.contiguous(),
-            gate.float().contiguous(), w1, self.b1.contiguous(), w2, self.b2.contiguous(), self._hidden,
+            gate.float().contiguous(), w1, self.b1.contiguous(), w2, self.b2.contiguous(), self._hidden, act,
         )
 
     def _native_packed(self) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -14,11 +14,14 @@ take their PyTorch paths; ``ESPNET_OMNIROUTER_NATIVE=0`` turns it off.
 Why: at decoding sizes (one utterance, ~100-500 frames per FFN) the PyTorch version of the
 non-GEMM steps (router, sort, gathers, bias rows, gate, scatter) costs a few microseconds
 per operator and per Python call, and MKL's small GEMMs first copy each expert's weights
-(``benchmarks/encoder_ffn_parts.py``); here each side of the activation is one call and the
-GEMM streams a copy of the weights packed once (:func:`pack`).
+(``benchmarks/encoder_ffn_parts.py``); here the FFN is one call when the first GEMM can apply
+the activation itself (ReLU, SiLU and what :func:`register_activation` declares equal to one,
+such as ESPnet's Swish), else one call on each side of it, and the GEMM streams a copy of
+the weights packed once (:func:`pack`) into huge pages.
 """
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import subprocess
@@ -32,6 +35,12 @@ SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native_cpu.c"
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=gnu99")
 
 _P, _I, _I64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
+# The activations the first GEMM can apply itself (native_cpu.c's ACT_*), by module type;
+# register_activation adds modules that compute the same function.
+ACT_NONE, ACT_RELU, ACT_SILU = 0, 1, 2
+_ACTIVATIONS = {torch.nn.ReLU: ACT_RELU, torch.nn.SiLU: ACT_SILU}
+_HUGE_PAGE = 2 << 20
+
 _lib = None
 _checked: Optional[bool] = None
 why_not = ""  # why available() is False ("" while it is True or not yet asked)
@@ -69,8 +78,10 @@ def _load():
     lib.moe_supported.restype = _I
     lib.moe_route.argtypes = [_P, _P, _I64, _I, _I, _I, _P, _P, _P, _P]
     lib.moe_route.restype = None
-    lib.moe_experts_in.argtypes = [_I64, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P]
+    lib.moe_experts_in.argtypes = [_I64, _I, _I, _I, _I, _P, _P, _P, _P, _P, _I, _P, _P, _P, _P]
     lib.moe_experts_in.restype = _I
+    lib.moe_experts.argtypes = [_I64, _I, _I, _I, _I, _I64, _P, _P, _P, _P, _P, _I, _P, _P, _P, _P, _P, _P, _P, _P]
+    lib.moe_experts.restype = _I
     lib.moe_experts_out.argtypes = [_I64, _I, _I, _I, _I, _I64, _P, _P, _P, _P, _P, _P, _P, _P, _P]
     lib.moe_experts_out.restype = None
     lib.moe_pack.argtypes = [_P, _I, _I, _I, _P]
@@ -103,6 +114,41 @@ def available() -> bool:
     return _checked
 
 
+def register_activation(module_type: type, same_as: str) -> None:
+    """Declare that modules of exactly ``module_type`` compute ``same_as`` ("relu": max(x, 0);
+    "silu": x * sigmoid(x)), so that the C GEMM applies it (e.g. ESPnet's Swish is "silu")."""
+    codes = {"relu": ACT_RELU, "silu": ACT_SILU}
+    if same_as not in codes:
+        raise ValueError(f"register_activation: same_as must be one of {sorted(codes)}, got {same_as!r}")
+    _ACTIVATIONS[module_type] = codes[same_as]
+
+
+def activation_code(module: torch.nn.Module) -> int:
+    """The ``ACT_*`` code of an activation module (ACT_NONE: the caller applies it)."""
+    return _ACTIVATIONS.get(type(module), ACT_NONE)
+
+
+def _huge_page_empty(*shape: int) -> torch.Tensor:
+    """An uninitialised float32 tensor on 2 MiB-aligned memory that Linux is asked (madvise)
+    to back with transparent huge pages: the expert GEMMs stream tens of MB of packed weights
+    per forward, and with 4 KiB pages their TLB misses cost GEMM time (``gemms_4k_pages`` in
+    ``benchmarks/encoder_ffn_parts.py``).  Elsewhere, or where madvise refuses, ordinary pages."""
+    nbytes = 4 * math.prod(shape)
+    span = -(-nbytes // _HUGE_PAGE) * _HUGE_PAGE
+    if nbytes < _HUGE_PAGE or not sys.platform.startswith("linux"):
+        return torch.empty(*shape)
+    raw = torch.empty(span + _HUGE_PAGE, dtype=torch.uint8)
+    offset = (-raw.data_ptr()) % _HUGE_PAGE
+    start = raw.data_ptr() + offset
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes, libc.madvise.restype = [_P, ctypes.c_size_t, _I], _I
+    # The range is fresh memory of ours: drop any pages it already has (a reused heap block)
+    # so that the first write faults in huge pages; then ask for them (MADV_HUGEPAGE = 14).
+    if libc.madvise(start, span, 4) == 0:  # MADV_DONTNEED
+        libc.madvise(start, span, 14)
+    return raw[offset : offset + nbytes].view(torch.float32).view(*shape)
+
+
 def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
     return None if t is None else t.data_ptr()
 
@@ -118,12 +164,15 @@ def route(x: torch.Tensor, weight: torch.Tensor, top_k: int):
     return logits, probs, expert, gate
 
 
-def pack(w: torch.Tensor) -> torch.Tensor:
+def pack(w: torch.Tensor, huge_pages: bool = True) -> torch.Tensor:
     """Stacked expert weights ``[E, k, n]`` (float32) in the layout the GEMM streams: ``[E,
-    ceil(n / 16), k, 16]``, each 16-column tile contiguous, zero past column ``n``."""
+    ceil(n / 16), k, 16]``, each 16-column tile contiguous, zero past column ``n``, on
+    huge-page memory where the system gives it (:func:`_huge_page_empty`; ``huge_pages=False``:
+    ordinary memory, for benchmarks)."""
     e, k, n = w.shape
     w = w.detach().contiguous()
-    packed = w.new_empty(e, (n + 15) // 16, k, 16)
+    shape = (e, (n + 15) // 16, k, 16)
+    packed = _huge_page_empty(*shape) if huge_pages else torch.empty(*shape)
     _lib.moe_pack(w.data_ptr(), e, k, n, packed.data_ptr())
     return packed
 
@@ -137,7 +186,7 @@ def expert_gemm(a: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor, c: to
     _lib.moe_expert_gemm(a.data_ptr(), packed.data_ptr(), bias.data_ptr(), c.data_ptr(), ends.data_ptr(), e, k, n)
 
 
-def experts(flat, index, expert, gate, w1, b1, w2, b2, hidden_fn) -> torch.Tensor:
+def experts(flat, index, expert, gate, w1, b1, w2, b2, hidden_fn, act: int = ACT_NONE) -> torch.Tensor:
     """``out[row(t)] (+)= sum_j gate[t, j] * FFN_{expert[t, j]}(flat[row(t)])``.
 
     Args:
@@ -147,6 +196,8 @@ def experts(flat, index, expert, gate, w1, b1, w2, b2, hidden_fn) -> torch.Tenso
         w1, b1, w2, b2: the expert weights, ``w1`` ``[E, d, h]`` and ``w2`` ``[E, h, d]``
             packed by :func:`pack`, ``b1`` ``[E, h]``, ``b2`` ``[E, d]`` (float32, contiguous).
         hidden_fn: the activation (and dropout) applied to the ``[n * k, h]`` hidden units.
+        act: an ``ACT_*`` code: the C GEMM applies that activation itself (one call, no
+            ``hidden_fn``); ACT_NONE (default): ``hidden_fn`` runs between two calls.
 
     Returns:
         ``[R, d]`` float32, zero on rows not routed.
@@ -157,20 +208,29 @@ def experts(flat, index, expert, gate, w1, b1, w2, b2, hidden_fn) -> torch.Tenso
     m = n * k
     xs, hidden = flat.new_empty(m, d), flat.new_empty(m, h)
     order, ends = torch.empty(m, dtype=torch.long), torch.empty(e, dtype=torch.int32)
-    if _lib.moe_experts_in(n, k, e, d, h, expert.data_ptr(), _ptr(index), flat.data_ptr(), w1.data_ptr(),
-                           b1.data_ptr(), xs.data_ptr(), hidden.data_ptr(), order.data_ptr(), ends.data_ptr()):
-        raise ValueError(f"MoE routing chose an expert outside 0..{e - 1}")
-    hidden = hidden_fn(hidden).contiguous()
     out = flat.new_empty(flat.shape[0], d)
-    _lib.moe_experts_out(n, k, e, d, h, flat.shape[0], order.data_ptr(), ends.data_ptr(), _ptr(index),
-                         hidden.data_ptr(), w2.data_ptr(), b2.data_ptr(), gate.data_ptr(), xs.data_ptr(),
-                         out.data_ptr())
+    ptrs = (expert.data_ptr(), _ptr(index), flat.data_ptr(), w1.data_ptr(), b1.data_ptr())
+    if act != ACT_NONE:
+        failed = _lib.moe_experts(n, k, e, d, h, flat.shape[0], *ptrs, act, w2.data_ptr(), b2.data_ptr(),
+                                  gate.data_ptr(), xs.data_ptr(), hidden.data_ptr(), order.data_ptr(), ends.data_ptr(),
+                                  out.data_ptr())
+    else:
+        failed = _lib.moe_experts_in(n, k, e, d, h, *ptrs, ACT_NONE, xs.data_ptr(), hidden.data_ptr(),
+                                     order.data_ptr(), ends.data_ptr())
+    if failed:
+        raise ValueError(f"MoE routing chose an expert outside 0..{e - 1}")
+    if act == ACT_NONE:
+        hidden = hidden_fn(hidden).contiguous()
+        _lib.moe_experts_out(n, k, e, d, h, flat.shape[0], order.data_ptr(), ends.data_ptr(), _ptr(index),
+                             hidden.data_ptr(), w2.data_ptr(), b2.data_ptr(), gate.data_ptr(), xs.data_ptr(),
+                             out.data_ptr())
     return out
 
 
 def _self_check() -> bool:
     """The kernels against PyTorch on small problems: top-1 and top-2, with and without index,
-    widths with full 16-column tiles and a remainder, slices of more and fewer than 6 rows."""
+    widths with full 16-column tiles and a remainder, slices of more and fewer than 6 rows,
+    the activation applied by PyTorch and by the GEMM (relu, silu)."""
     gen = torch.Generator().manual_seed(0)
     n, d, h, e = 37, 20, 40, 4
     x, w = torch.randn(n, d, generator=gen), torch.randn(e, d, generator=gen)
@@ -179,12 +239,14 @@ def _self_check() -> bool:
     logits, probs, expert, gate = route(x, w, 2)
     want_probs = (x @ w.t()).softmax(-1)
     ok = torch.allclose(probs, want_probs, atol=1e-5) and torch.equal(expert, want_probs.topk(2).indices)
-    for k, index in ((1, None), (2, torch.arange(0, n, 3))):
+    cases = ((1, None, torch.relu, ACT_NONE), (2, torch.arange(0, n, 3), torch.relu, ACT_RELU),
+             (1, torch.arange(1, n, 2), torch.nn.functional.silu, ACT_SILU))
+    for k, index, fn, act in cases:
         rows = x if index is None else x[index]
         ex, g = expert[: rows.shape[0], :k].contiguous(), gate[: rows.shape[0], :k].contiguous()
-        y = torch.relu(torch.einsum("nd,nkdh->nkh", rows, w1[ex]) + b1[ex])
+        y = fn(torch.einsum("nd,nkdh->nkh", rows, w1[ex]) + b1[ex])
         y = (torch.einsum("nkh,nkhd->nkd", y, w2[ex]) + b2[ex]).mul(g.unsqueeze(2)).sum(1)
         want = y if index is None else torch.zeros_like(x).index_add_(0, index, y)
-        got = experts(x, index, ex, g, pack(w1), b1, pack(w2), b2, torch.relu)
+        got = experts(x, index, ex, g, pack(w1), b1, pack(w2), b2, fn, act)
         ok = ok and torch.allclose(got, want, atol=1e-4, rtol=1e-4)
     return bool(ok)

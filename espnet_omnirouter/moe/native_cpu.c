@@ -26,6 +26,48 @@
 #define MR 6  /* rows of a GEMM tile */
 #define NR 16 /* columns of a GEMM tile: two 8-float vectors */
 
+/* exp of 8 floats: 2^n * e^r, r = x - n ln2 in [-ln2/2, ln2/2], e^r by its Taylor polynomial
+ * to degree 7 (truncation error < 5e-9, below float rounding); x is clamped to [-87, 88]
+ * (below, the result stays at exp(-87) ~ 1.6e-38 instead of going subnormal). */
+static inline __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x); /* ln2 = 0.693359375 - 2.12194440e-4 */
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 5040);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+
+/* Activations that the first GEMM applies to its tiles before storing them (the hidden
+ * units' activation when it is one of these; ACT_NONE: the caller applies it). */
+enum { ACT_NONE = 0, ACT_RELU = 1, ACT_SILU = 2 };
+
+static inline __m256 act8(const int act, __m256 v) {
+    if (act == ACT_RELU) return _mm256_max_ps(_mm256_setzero_ps(), v); /* NaN stays NaN, as torch.relu */
+    if (act == ACT_SILU) /* x * sigmoid(x) = x / (1 + e^-x) */
+        return _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.0f), exp8(_mm256_sub_ps(_mm256_setzero_ps(), v))));
+    return v;
+}
+
+/* c[0:mr, 0:16] = act(c[0:mr, 0:16]) for a tile just written (still in L1).  A pass of its own,
+ * not in the tile's store: its constants would take registers from the accumulators. */
+static __attribute__((noinline)) void activate_tile(int act, int mr, float *c, int ldc) {
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < NR; j += 8) {
+            float *p = c + (int64_t)i * ldc + j;
+            _mm256_storeu_ps(p, act == ACT_RELU ? act8(ACT_RELU, _mm256_loadu_ps(p)) : act8(ACT_SILU, _mm256_loadu_ps(p)));
+        }
+}
+
 /* c[0:mr, 0:16] = bias[0:16] + a[0:mr, 0:kk] @ b[0:kk, 0:16]; mr is a constant where it is
  * inlined, so the 2 * mr accumulators stay in registers. */
 static inline __attribute__((always_inline)) void tile(const int mr, int kk, const float *a, int lda,
@@ -48,11 +90,11 @@ static inline __attribute__((always_inline)) void tile(const int mr, int kk, con
     }
 }
 
-/* c[0:m, 0:cols] = bias + a[0:m, :] @ b, b a packed kk x 16 column tile (row stride 16), in
+/* c[0:m, 0:cols] = act(bias + a[0:m, :] @ b), b a packed kk x 16 column tile (row stride 16), in
  * tiles of MR rows; cols < 16 for the last tile of a width that is not a multiple of 16 (then
  * through a full-width buffer: only the first cols columns of c and bias are touched). */
 static void column_tile(int m, int kk, const float *a, const float *b, const float *bias, float *c, int ldc,
-                        int cols) {
+                        int cols, int act) {
     float buf[MR * NR], bias16[NR];
     if (cols < NR) {
         memset(bias16, 0, sizeof(bias16));
@@ -71,6 +113,7 @@ static void column_tile(int m, int kk, const float *a, const float *b, const flo
             case 2: tile(2, kk, ar, kk, b, NR, bias, ct, ldt); break;
             default: tile(1, kk, ar, kk, b, NR, bias, ct, ldt); break;
         }
+        if (act != ACT_NONE) activate_tile(act, mr, ct, ldt);
         if (cols < NR)
             for (int r = 0; r < mr; r++) memcpy(cr + (int64_t)r * ldc, buf + r * NR, sizeof(float) * cols);
     }
@@ -94,12 +137,12 @@ void moe_pack(const float *w, int e, int kk, int n, float *packed) {
             }
 }
 
-/* c[s_i] = bias[i] + a[s_i] @ w[i] for the experts' consecutive row slices s_i (ends: their end
+/* c[s_i] = act(bias[i] + a[s_i] @ w[i]) for the experts' consecutive row slices s_i (ends: their end
  * rows); a [m, kk], c [m, n], bias [E, n], w [E, kk, n] given packed (moe_pack).  The (expert,
  * column tile) pairs are spread over the threads; a tile is read from memory once, in order,
  * and stays in L1 while the slice's rows go through it. */
 static void expert_gemm(const float *a, const float *packed, const float *bias, float *c, const int32_t *ends,
-                        int e, int kk, int n) {
+                        int e, int kk, int n, int act) {
     int tiles = tiles_of(n), items = e * tiles;
 #pragma omp parallel for schedule(dynamic, 2)
     for (int item = 0; item < items; item++) {
@@ -107,14 +150,14 @@ static void expert_gemm(const float *a, const float *packed, const float *bias, 
         int cols = n - t * NR < NR ? n - t * NR : NR;
         if (ends[x] > start)
             column_tile(ends[x] - start, kk, a + (int64_t)start * kk, packed + (int64_t)item * kk * NR,
-                        bias + (int64_t)x * n + t * NR, c + (int64_t)start * n + t * NR, n, cols);
+                        bias + (int64_t)x * n + t * NR, c + (int64_t)start * n + t * NR, n, cols, act);
     }
 }
 
 /* expert_gemm for callers (benchmarks/encoder_ffn_parts.py times the GEMMs alone). */
 void moe_expert_gemm(const float *a, const float *packed, const float *bias, float *c, const int32_t *ends, int e,
                      int kk, int n) {
-    expert_gemm(a, packed, bias, c, ends, e, kk, n);
+    expert_gemm(a, packed, bias, c, ends, e, kk, n, ACT_NONE);
 }
 
 static inline float hsum(__m256 v) {
@@ -152,27 +195,6 @@ static void logits_row(const float *u, const float *w, int d, int e, float *l) {
     }
 }
 
-/* exp of 8 floats: 2^n * e^r, r = x - n ln2 in [-ln2/2, ln2/2], e^r by its Taylor polynomial
- * to degree 7 (truncation error < 5e-9, below float rounding); x is clamped to [-87, 88]
- * (below, the result stays at exp(-87) ~ 1.6e-38 instead of going subnormal). */
-static inline __m256 exp8(__m256 x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x); /* ln2 = 0.693359375 - 2.12194440e-4 */
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.0f / 5040);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
-}
-
 /* p[0:e] = softmax(l[0:e]), in vectors of 8 (scalar expf for the last e % 8). */
 static void softmax_row(const float *l, int e, float *p) {
     float top = l[0], sum = 0.0f;
@@ -199,6 +221,7 @@ int moe_supported(void) {
  * lower index first on ties) and their probabilities as gates. */
 void moe_route(const float *x, const float *w, int64_t n, int d, int e, int k, float *logits, float *probs,
                int64_t *expert, float *gate) {
+#pragma omp parallel for schedule(static) if (n >= 64)
     for (int64_t t = 0; t < n; t++) {
         float *l = logits + t * e, *p = probs + t * e;
         logits_row(x + t * d, w, d, e, l);
@@ -218,12 +241,12 @@ void moe_route(const float *x, const float *w, int64_t n, int d, int e, int k, f
 
 /* First half of the experts: sort the n * k assignments by expert (stable), gather each one's
  * frame into xs [n*k, d] (row index[t] of flat, or row t when index is NULL), and compute
- * hidden [n*k, h] = b1[expert] + xs @ w1[expert] (w1 packed by moe_pack).  Writes order [n*k] (the assignment
- * a of each sorted row) and ends [E] (end row of each expert's slice).  Returns -1 if an
- * expert index is out of range, else 0. */
+ * hidden [n*k, h] = act(b1[expert] + xs @ w1[expert]) (w1 packed by moe_pack; ACT_NONE: no
+ * activation).  Writes order [n*k] (the assignment a of each sorted row) and ends [E] (end row
+ * of each expert's slice).  Returns -1 if an expert index is out of range, else 0. */
 int moe_experts_in(int64_t n, int k, int e, int d, int h, const int64_t *expert, const int64_t *index,
-                   const float *flat, const float *w1, const float *b1, float *xs, float *hidden, int64_t *order,
-                   int32_t *ends) {
+                   const float *flat, const float *w1, const float *b1, int act, float *xs, float *hidden,
+                   int64_t *order, int32_t *ends) {
     int64_t m = n * k, next[e];
     for (int i = 0; i < e; i++) next[i] = 0;
     for (int64_t t = 0; t < m; t++) {
@@ -244,7 +267,7 @@ int moe_experts_in(int64_t n, int k, int e, int d, int h, const int64_t *expert,
         order[pos] = a;
         memcpy(xs + pos * d, flat + row * d, sizeof(float) * d);
     }
-    expert_gemm(xs, w1, b1, hidden, ends, e, d, h);
+    expert_gemm(xs, w1, b1, hidden, ends, e, d, h, act);
     return 0;
 }
 
@@ -255,7 +278,7 @@ int moe_experts_in(int64_t n, int k, int e, int d, int h, const int64_t *expert,
 void moe_experts_out(int64_t n, int k, int e, int d, int h, int64_t rows, const int64_t *order,
                      const int32_t *ends, const int64_t *index, const float *hidden, const float *w2,
                      const float *b2, const float *gate, float *y, float *out) {
-    expert_gemm(hidden, w2, b2, y, ends, e, h, d);
+    expert_gemm(hidden, w2, b2, y, ends, e, h, d, ACT_NONE);
     int direct = k == 1 && index == NULL;
     if (!direct) memset(out, 0, sizeof(float) * rows * d);
     for (int64_t pos = 0; pos < n * k; pos++) {
@@ -267,4 +290,14 @@ void moe_experts_out(int64_t n, int k, int e, int d, int h, int64_t rows, const 
         else
             for (int c = 0; c < d; c++) o[c] += g * src[c];
     }
+}
+
+/* Both halves in one call, for an activation that the first GEMM applies (act != ACT_NONE);
+ * xs [n*k, d] holds the gathered frames, then the second GEMM's output. */
+int moe_experts(int64_t n, int k, int e, int d, int h, int64_t rows, const int64_t *expert, const int64_t *index,
+                const float *flat, const float *w1, const float *b1, int act, const float *w2, const float *b2,
+                const float *gate, float *xs, float *hidden, int64_t *order, int32_t *ends, float *out) {
+    if (moe_experts_in(n, k, e, d, h, expert, index, flat, w1, b1, act, xs, hidden, order, ends)) return -1;
+    moe_experts_out(n, k, e, d, h, rows, order, ends, index, hidden, w2, b2, gate, xs, out);
+    return 0;
 }
