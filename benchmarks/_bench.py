@@ -185,8 +185,9 @@ def time_interleaved(
 ) -> Tuple[Dict[str, List[float]], Dict[str, float]]:
     """Seconds per call of each step, rounds interleaved; warm-up rounds dropped.
 
-    Round ``r`` starts with step ``r mod len(steps)`` (the order is rotated), so that no step
-    always runs right after the same other step (whose memory traffic it would inherit).
+    Round ``r`` starts with step ``r mod len(steps)`` (the order is rotated), so that every
+    step takes every position in a round in turn (none is always first after the warm-up of
+    the others, or always last); each still follows the same step in most rounds.
 
     A step whose first call takes longer than ``max_step_s`` (> 0) is not run again; it
     is returned in the second dict with that time, and has no times.  With ``budget_s``
@@ -199,7 +200,8 @@ def time_interleaved(
     while r < rounds:
         round_s = 0.0
         names = list(steps)
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+        shift = r % len(names) if names else 0
+        for name in names[shift:] + names[:shift]:
             step = steps[name]
             if name in slow:
                 continue

@@ -108,11 +108,16 @@ def test_activation_in_the_gemm_matches_the_loop(make, fused):
     layer = MoEFeedForward(Router(24, 5, top_k=2), Experts(5, 24, 40, make(), 0.1)).eval()
     x = torch.randn(3, 31, 24) * 2
     mask = torch.arange(31).expand(3, 31) < torch.tensor([[31], [20], [7]])
+    extreme = x.clone()
+    extreme[0, :3] = torch.tensor([-100.0, float("nan"), 100.0]).unsqueeze(1)
     with torch.inference_mode():
         layer.experts.impl = "loop"
-        want = layer(x, mask)
+        want, want_extreme = layer(x, mask), layer(extreme, mask)
         layer.experts.impl = "native"
+        if fused != native.ACT_NONE:  # the C GEMM applies it: the PyTorch activation is not called
+            layer.experts._hidden = lambda pre: pytest.fail("the activation ran in PyTorch")
         torch.testing.assert_close(layer(x, mask), want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(layer(extreme, mask), want_extreme, atol=1e-4, rtol=1e-5, equal_nan=True)
 
 
 def test_training_mode_dropout_is_not_skipped():
@@ -146,7 +151,10 @@ def _anon_huge_kb() -> int:
         return sum(int(line.split()[1]) for line in f if line.startswith("AnonHugePages:"))
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="transparent huge pages are Linux's")
+THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+@pytest.mark.skipif(not os.path.exists(THP_MODE), reason="no transparent huge pages (not Linux, or built without)")
 def test_packed_weights_are_on_huge_pages():
     """Packed weights of 2 MiB and more start on a 2 MiB boundary and, unless the system
     has transparent huge pages off, are backed by them; the packing is exact."""
@@ -158,6 +166,9 @@ def test_packed_weights_are_on_huge_pages():
     assert packed.data_ptr() % (2 << 20) == 0
     assert torch.equal(packed.permute(0, 2, 1, 3).reshape(8, 144, 576), w)
     assert torch.equal(native.pack(w, huge_pages=False), packed)
-    with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+    with pytest.raises(ValueError, match="act must be"):
+        native.experts(w[0, :4, :8].contiguous(), None, torch.zeros(4, 1, dtype=torch.long), torch.ones(4, 1),
+                       packed, torch.zeros(8, 576), packed, torch.zeros(8, 144), torch.relu, act=3)
+    with open(THP_MODE) as f:
         mode = f.read().split("[")[1].split("]")[0]
     assert (grown >= 2048) == (mode != "never"), (mode, grown)

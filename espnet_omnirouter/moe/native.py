@@ -128,24 +128,26 @@ def activation_code(module: torch.nn.Module) -> int:
     return _ACTIVATIONS.get(type(module), ACT_NONE)
 
 
-def _huge_page_empty(*shape: int) -> torch.Tensor:
-    """An uninitialised float32 tensor on 2 MiB-aligned memory that Linux is asked (madvise)
-    to back with transparent huge pages: the expert GEMMs stream tens of MB of packed weights
-    per forward, and with 4 KiB pages their TLB misses cost GEMM time (``gemms_4k_pages`` in
-    ``benchmarks/encoder_ffn_parts.py``).  Elsewhere, or where madvise refuses, ordinary pages."""
+def _paged_empty(*shape: int, huge: bool = True) -> torch.Tensor:
+    """An uninitialised float32 CPU tensor for packed weights.  ``huge``: on 2 MiB-aligned
+    memory whose whole 2 MiB pages Linux is asked (madvise) to back with transparent huge
+    pages: the expert GEMMs stream tens of MB of packed weights per forward, and with 4 KiB
+    pages their TLB misses cost GEMM time (``gemms_4k_pages`` in
+    ``benchmarks/encoder_ffn_parts.py``); the tail past the last whole page stays on small
+    pages.  ``huge=False``: asked not to use huge pages (for that benchmark).  Elsewhere than
+    Linux, or where madvise refuses, ordinary pages."""
     nbytes = 4 * math.prod(shape)
-    span = -(-nbytes // _HUGE_PAGE) * _HUGE_PAGE
-    if nbytes < _HUGE_PAGE or not sys.platform.startswith("linux"):
-        return torch.empty(*shape)
-    raw = torch.empty(span + _HUGE_PAGE, dtype=torch.uint8)
+    if not sys.platform.startswith("linux") or nbytes < _HUGE_PAGE:
+        return torch.empty(*shape, dtype=torch.float32, device="cpu")
+    raw = torch.empty(nbytes + _HUGE_PAGE, dtype=torch.uint8, device="cpu")
     offset = (-raw.data_ptr()) % _HUGE_PAGE
-    start = raw.data_ptr() + offset
+    start, whole = raw.data_ptr() + offset, nbytes // _HUGE_PAGE * _HUGE_PAGE
     libc = ctypes.CDLL(None, use_errno=True)
     libc.madvise.argtypes, libc.madvise.restype = [_P, ctypes.c_size_t, _I], _I
-    # The range is fresh memory of ours: drop any pages it already has (a reused heap block)
-    # so that the first write faults in huge pages; then ask for them (MADV_HUGEPAGE = 14).
-    if libc.madvise(start, span, 4) == 0:  # MADV_DONTNEED
-        libc.madvise(start, span, 14)
+    # [start, start + whole) is fresh memory of ours: drop any pages it already has (a reused
+    # heap block) so that the first write faults in pages of the advised kind.
+    libc.madvise(start, whole, 4)  # MADV_DONTNEED
+    libc.madvise(start, whole, 14 if huge else 15)  # MADV_HUGEPAGE / MADV_NOHUGEPAGE
     return raw[offset : offset + nbytes].view(torch.float32).view(*shape)
 
 
@@ -167,12 +169,11 @@ def route(x: torch.Tensor, weight: torch.Tensor, top_k: int):
 def pack(w: torch.Tensor, huge_pages: bool = True) -> torch.Tensor:
     """Stacked expert weights ``[E, k, n]`` (float32) in the layout the GEMM streams: ``[E,
     ceil(n / 16), k, 16]``, each 16-column tile contiguous, zero past column ``n``, on
-    huge-page memory where the system gives it (:func:`_huge_page_empty`; ``huge_pages=False``:
-    ordinary memory, for benchmarks)."""
+    huge-page memory where the system gives it (:func:`_paged_empty`; ``huge_pages=False``:
+    small pages, for benchmarks)."""
     e, k, n = w.shape
     w = w.detach().contiguous()
-    shape = (e, (n + 15) // 16, k, 16)
-    packed = _huge_page_empty(*shape) if huge_pages else torch.empty(*shape)
+    packed = _paged_empty(e, (n + 15) // 16, k, 16, huge=huge_pages)
     _lib.moe_pack(w.data_ptr(), e, k, n, packed.data_ptr())
     return packed
 
@@ -202,6 +203,8 @@ def experts(flat, index, expert, gate, w1, b1, w2, b2, hidden_fn, act: int = ACT
     Returns:
         ``[R, d]`` float32, zero on rows not routed.
     """
+    if act not in (ACT_NONE, ACT_RELU, ACT_SILU):
+        raise ValueError(f"native.experts: act must be ACT_NONE, ACT_RELU or ACT_SILU, got {act!r}")
     n, k = expert.shape
     e, h = b1.shape
     d = flat.shape[1]

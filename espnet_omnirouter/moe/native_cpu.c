@@ -47,14 +47,16 @@ static inline __m256 exp8(__m256 x) {
     return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
 }
 
-/* Activations that the first GEMM applies to its tiles before storing them (the hidden
- * units' activation when it is one of these; ACT_NONE: the caller applies it). */
+/* Activations that the first GEMM applies to each output tile right after writing it (the
+ * hidden units' activation when it is one of these; ACT_NONE: the caller applies it). */
 enum { ACT_NONE = 0, ACT_RELU = 1, ACT_SILU = 2 };
 
 static inline __m256 act8(const int act, __m256 v) {
     if (act == ACT_RELU) return _mm256_max_ps(_mm256_setzero_ps(), v); /* NaN stays NaN, as torch.relu */
-    if (act == ACT_SILU) /* x * sigmoid(x) = x / (1 + e^-x) */
-        return _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.0f), exp8(_mm256_sub_ps(_mm256_setzero_ps(), v))));
+    if (act == ACT_SILU) { /* x * sigmoid(x) = x / (1 + e^-x); 0 below x = -88, where e^-x is clamped */
+        __m256 y = _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.0f), exp8(_mm256_sub_ps(_mm256_setzero_ps(), v))));
+        return _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(v, _mm256_set1_ps(-88.0f), _CMP_LT_OQ));
+    }
     return v;
 }
 
@@ -64,7 +66,8 @@ static __attribute__((noinline)) void activate_tile(int act, int mr, float *c, i
     for (int i = 0; i < mr; i++)
         for (int j = 0; j < NR; j += 8) {
             float *p = c + (int64_t)i * ldc + j;
-            _mm256_storeu_ps(p, act == ACT_RELU ? act8(ACT_RELU, _mm256_loadu_ps(p)) : act8(ACT_SILU, _mm256_loadu_ps(p)));
+            __m256 v = _mm256_loadu_ps(p);
+            _mm256_storeu_ps(p, act == ACT_RELU ? act8(ACT_RELU, v) : act == ACT_SILU ? act8(ACT_SILU, v) : v);
         }
 }
 
