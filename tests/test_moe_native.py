@@ -12,13 +12,20 @@ from espnet_omnirouter.moe import Experts, MoEFeedForward, Router, native
 
 
 def test_builds_into_the_cache_dir_and_checks(tmp_path):
-    """A fresh process builds the library into $ESPNET_OMNIROUTER_CACHE and passes its check;
-    ESPNET_OMNIROUTER_NATIVE=0 turns it off, and says so."""
+    """A fresh process builds the library into $ESPNET_OMNIROUTER_CACHE (from the source read
+    at import) and passes its check; ESPNET_OMNIROUTER_NATIVE=0 turns it off, and says so."""
     code = "from espnet_omnirouter.moe import native; print(native.available(), native.why_not or '-')"
     env = {**os.environ, "ESPNET_OMNIROUTER_CACHE": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split()[-2:] == ["True", "-"], out.stdout + out.stderr
     assert [p.name.startswith("native_cpu-") and p.suffix == ".so" for p in tmp_path.iterdir()] == [True]
+    # The C source is read at import: a change to the file before first use is not compiled
+    # against the bindings of the imported module (here: the file "moved away" after import).
+    late = "from espnet_omnirouter.moe import native; native.SOURCE = '/nonexistent.c'; print(native.available())"
+    env_late = {**env, "ESPNET_OMNIROUTER_CACHE": str(tmp_path / "late")}
+    out = subprocess.run([sys.executable, "-c", late], env=env_late, capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-1] == "True", out.stdout + out.stderr
+    assert [p.suffix for p in (tmp_path / "late").iterdir()] == [".so"]
     env["ESPNET_OMNIROUTER_NATIVE"] = "0"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip().endswith("False ESPNET_OMNIROUTER_NATIVE=0")

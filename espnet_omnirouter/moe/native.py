@@ -54,22 +54,38 @@ def cache_dir() -> str:
     return os.path.join(base, "espnet_omnirouter")
 
 
-def _build() -> str:
-    """Compile ``native_cpu.c`` unless the cache has it; returns the library's path."""
-    cc = os.environ.get("CC", "cc")
+def _read_source() -> bytes:
     with open(SOURCE, "rb") as f:
-        key = hashlib.sha256(f.read() + repr((cc, FLAGS, sys.platform)).encode()).hexdigest()[:16]
+        return f.read()
+
+
+# Read when this module is imported, so that a process compiles the C that matches the ctypes
+# signatures below even if the file changes before its first use (a package upgrade or an
+# edit while a long training runs; its first evaluation would otherwise load a library whose
+# functions take other arguments).
+_SOURCE_TEXT = _read_source()
+
+
+def _build() -> str:
+    """Compile the ``native_cpu.c`` read at import unless the cache has it; returns the
+    library's path."""
+    cc = os.environ.get("CC", "cc")
+    key = hashlib.sha256(_SOURCE_TEXT + repr((cc, FLAGS, sys.platform)).encode()).hexdigest()[:16]
     path = os.path.join(cache_dir(), f"native_cpu-{key}.so")
     if not os.path.exists(path):
         os.makedirs(cache_dir(), exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache_dir())
         os.close(fd)
+        src = tmp[: -len(".so")] + ".c"
         try:
-            subprocess.run([cc, *FLAGS, "-o", tmp, SOURCE, "-lm"], check=True, capture_output=True, text=True)
+            with open(src, "wb") as f:
+                f.write(_SOURCE_TEXT)
+            subprocess.run([cc, *FLAGS, "-o", tmp, src, "-lm"], check=True, capture_output=True, text=True)
             os.replace(tmp, path)  # atomic: concurrent processes never load a half-written file
         finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+            for name in (tmp, src):
+                if os.path.exists(name):
+                    os.remove(name)
     return path
 
 
