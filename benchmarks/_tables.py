@@ -131,7 +131,7 @@ def decode_rtf_table(results):
 
 def parts_table(cases, target):
     """Markdown table of the cases: per FFN, each part and the MoE extra against the budget."""
-    head = ["batch x s", "encoder", "forward", "per FFN", "GEMMs", "GEMMs, 4 KiB pages", "rest", "router",
+    head = ["batch x s", "encoder", "forward", "per FFN", "GEMMs", "rest", "router",
             "extra vs dense: GEMMs + rest", f"budget at {target:g}x"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     us = lambda s: f"{s * 1e6:.0f} us"  # noqa: E731
@@ -139,8 +139,7 @@ def parts_table(cases, target):
         d = case["encoders"]["dense"]
         for key, r in case["encoders"].items():
             row = [f"{case['batch']} x {case['seconds']:g}", key, f"{r['encoder_s'] * 1e3:.1f} ms",
-                   us(r["ffn_s"]), us(r["gemm_s"]),
-                   us(r["gemm_4k_pages_s"]) if r.get("gemm_4k_pages_s") is not None else "-", us(r["rest_s"]),
+                   us(r["ffn_s"]), us(r["gemm_s"]), us(r["rest_s"]),
                    us(r["router_s"]) if r.get("router_s") is not None else "-"]
             if key == "dense":
                 row += ["-", us(case["budget_per_ffn_s"])]

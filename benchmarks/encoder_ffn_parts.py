@@ -12,9 +12,6 @@
   path the automatic choice takes (``gemm_kind`` in the JSON): the native path's two C GEMMs on
   its packed weights, or the two ``gemm_batch`` calls (MKL's batched GEMM), over the recorded
   slice sizes, else one ``addmm`` pair per slice;
-* ``gemms_4k_pages`` (MoE on the native path): the same C GEMMs on a copy of the packed weights
-  on ordinary 4 KiB pages instead of transparent huge pages (``native.pack(huge_pages=False)``):
-  what the huge pages save;
 * ``routers`` (MoE): the routers alone on the FFN inputs.
 
 Per FFN it reports each part, ``rest = ffns - gemms`` (activation, gathers, router, dispatch,
@@ -67,10 +64,9 @@ def record_inputs(encoder, mods, xs, ilens):
     return inputs, sizes
 
 
-def gemm_step(mods, inputs, sizes, huge_pages=True):
+def gemm_step(mods, inputs, sizes):
     """A step that runs only the matmuls of the FFNs ``mods`` on inputs of the recorded sizes,
-    and what it runs for the MoE FFNs ("native", "gemm_batch" or "addmm per slice"; None: dense).
-    ``huge_pages=False``: the native GEMMs read a packed copy on ordinary pages."""
+    and what it runs for the MoE FFNs ("native", "gemm_batch" or "addmm per slice"; None: dense)."""
     jobs = []
     kind = None
     for m, x, s in zip(mods, inputs, sizes):
@@ -84,12 +80,7 @@ def gemm_step(mods, inputs, sizes, huge_pages=True):
         path = ex.path(x, rows, grad=False)
         kind = path if path in ("native", "gemm_batch") else "addmm per slice"
         a = x.new_empty(rows, x.shape[1]).copy_(x[torch.arange(rows) % x.shape[0]])
-        if kind != "native":
-            w1, w2 = ex.w1.detach(), ex.w2.detach()
-        elif huge_pages:
-            w1, w2 = ex._native_packed()
-        else:
-            w1, w2 = native.pack(ex.w1, huge_pages=False), native.pack(ex.w2, huge_pages=False)
+        w1, w2 = ex._native_packed() if kind == "native" else (ex.w1.detach(), ex.w2.detach())
         jobs.append((kind, a, w1, ex.b1.detach(), w2, ex.b2.detach(), s))
 
     def step():
@@ -161,8 +152,6 @@ def main(argv=None):
 
             steps[f"{key}/encoder"], steps[f"{key}/ffns"] = forward, ffns
             steps[f"{key}/gemms"], gemm_kind = gemm_step(mods, inputs, sizes)
-            if gemm_kind == "native":
-                steps[f"{key}/gemms_4k_pages"], _ = gemm_step(mods, inputs, sizes, huge_pages=False)
             if key != "dense":
                 def routers(mods=mods, inputs=inputs):
                     with torch.inference_mode():
@@ -182,7 +171,6 @@ def main(argv=None):
             r = dict(m, encoder_s=med[f"{key}/encoder"], ffn_s=med[f"{key}/ffns"] / n, gemm_s=med[f"{key}/gemms"] / n)
             r["rest_s"] = r["ffn_s"] - r["gemm_s"]
             r["router_s"] = med[f"{key}/routers"] / n if f"{key}/routers" in med else None
-            r["gemm_4k_pages_s"] = med[f"{key}/gemms_4k_pages"] / n if f"{key}/gemms_4k_pages" in med else None
             case["encoders"][key] = r
         dense = case["encoders"]["dense"]
         case["budget_per_ffn_s"] = (args.target - 1) * dense["encoder_s"] / dense["num_ffns"]

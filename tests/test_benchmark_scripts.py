@@ -800,8 +800,7 @@ def test_reuse_check_compares_reruns_epoch_by_epoch(tmp_path):
 
 def test_encoder_ffn_parts_splits_every_encoder(tmp_path):
     """encoder_ffn_parts.py on the tiny configs: every encoder's forward, FFNs and GEMMs timed,
-    the MoE routers too (and the native GEMMs on ordinary pages), rest = FFNs - GEMMs, and the
-    budget from the dense encoder's time."""
+    the MoE routers too, rest = FFNs - GEMMs, and the budget from the dense encoder's time."""
     import encoder_ffn_parts
     from espnet_omnirouter.moe import gemm_batch, native
 
@@ -823,7 +822,6 @@ def test_encoder_ffn_parts_splits_every_encoder(tmp_path):
             assert r["router_s"] > 0
             want = "native" if native.available() else "gemm_batch" if gemm_batch.available() else "addmm per slice"
             assert r["gemm_kind"] == want
-            assert (r["gemm_4k_pages_s"] > 0) if want == "native" else (r["gemm_4k_pages_s"] is None)
             assert len(r["slice_sizes"]) == 4 and all(sum(s) == sum(r["slice_sizes"][0]) for s in r["slice_sizes"])
     with pytest.raises(SystemExit):
         encoder_ffn_parts.main(["--target", "1.0"])

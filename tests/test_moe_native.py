@@ -1,5 +1,5 @@
 """The C kernels of the native CPU inference path (espnet_omnirouter/moe/native.py): build,
-router, packed weights (huge pages) and their refresh, activations applied in C, switching off.  Their outputs against the training
+router, packed weights and their refresh, activations applied in C, switching off.  Their outputs against the training
 path, layer by layer, are in tests/test_moe_compile.py."""
 import os
 import subprocess
@@ -31,16 +31,15 @@ def test_builds_into_the_cache_dir_and_checks(tmp_path):
     assert out.stdout.strip().endswith("False ESPNET_OMNIROUTER_NATIVE=0")
 
 
-@pytest.mark.parametrize("frames", [57, 130])  # 130: over the threads
 @pytest.mark.parametrize("top_k", [1, 2])
 @pytest.mark.parametrize("num_experts", [3, 8, 11])  # 11: a softmax row of 8 + 3
-def test_router_matches_pytorch(top_k, num_experts, frames):
+def test_router_matches_pytorch(top_k, num_experts):
     """Under inference the router runs in C: the same logits, probabilities, choices and gates
     as its PyTorch code (which runs whenever autograd records)."""
     torch.manual_seed(0)
     router = Router(20, num_experts, top_k=top_k).eval()
     torch.nn.init.normal_(router.weight, std=1.0)
-    x = torch.randn(frames, 20) * 3
+    x = torch.randn(57, 20) * 3
     want = router(x)  # the weight requires grad: PyTorch code
     assert want.logits.requires_grad
     with torch.inference_mode():
@@ -153,29 +152,10 @@ def test_espnet_swish_is_registered():
     assert native.activation_code(Swish()) == native.ACT_SILU
 
 
-def _anon_huge_kb() -> int:
-    with open("/proc/self/smaps_rollup") as f:
-        return sum(int(line.split()[1]) for line in f if line.startswith("AnonHugePages:"))
-
-
-THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"
-
-
-@pytest.mark.skipif(not os.path.exists(THP_MODE), reason="no transparent huge pages (not Linux, or built without)")
-def test_packed_weights_are_on_huge_pages():
-    """Packed weights of 2 MiB and more start on a 2 MiB boundary and, unless the system
-    has transparent huge pages off, are backed by them; the packing is exact."""
+def test_bad_activation_code_is_an_error():
     assert native.available(), native.why_not
-    w = torch.randn(8, 144, 576)  # 2.65 MB, as one of the demo's MoE FFNs
-    before = _anon_huge_kb()
-    packed = native.pack(w)
-    grown = _anon_huge_kb() - before
-    assert packed.data_ptr() % (2 << 20) == 0
-    assert torch.equal(packed.permute(0, 2, 1, 3).reshape(8, 144, 576), w)
-    assert torch.equal(native.pack(w, huge_pages=False), packed)
+    w = torch.randn(2, 8, 16)
     with pytest.raises(ValueError, match="act must be"):
-        native.experts(w[0, :4, :8].contiguous(), None, torch.zeros(4, 1, dtype=torch.long), torch.ones(4, 1),
-                       packed, torch.zeros(8, 576), packed, torch.zeros(8, 144), torch.relu, act=3)
-    with open(THP_MODE) as f:
-        mode = f.read().split("[")[1].split("]")[0]
-    assert (grown >= 2048) == (mode != "never"), (mode, grown)
+        native.experts(torch.randn(4, 8), None, torch.zeros(4, 1, dtype=torch.long), torch.ones(4, 1),
+                       native.pack(w), torch.zeros(2, 16), native.pack(w.transpose(1, 2)), torch.zeros(2, 8),
+                       torch.relu, act=3)

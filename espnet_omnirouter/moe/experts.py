@@ -36,8 +36,8 @@ Four implementations of the same function (``Experts.impl`` picks one; "auto" by
   cannot run (``benchmarks/encoder_infer.py``).
 * ``native``: inference only, CPU float32 (x86-64 with AVX2).  Everything in C
   (:mod:`.native`, compiled at first use): the sort by expert, the gathers, the expert
-  GEMMs (bias included, on a packed copy of the weights that they stream in order, on huge
-  pages), the activation where the C code knows it (ReLU, SiLU, ESPnet's Swish once the
+  GEMMs (bias included, on a packed copy of the weights that they stream in order), the
+  activation where the C code knows it (ReLU, SiLU, ESPnet's Swish once the
   encoders are imported; dropout inactive: one call for the FFN; else a PyTorch call
   between two), the gate and the
   scatter; with

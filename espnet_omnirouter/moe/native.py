@@ -17,11 +17,10 @@ per operator and per Python call, and MKL's small GEMMs first copy each expert's
 (``benchmarks/encoder_ffn_parts.py``); here the FFN is one call when the first GEMM can apply
 the activation itself (ReLU, SiLU and what :func:`register_activation` declares equal to one,
 such as ESPnet's Swish), else one call on each side of it, and the GEMM streams a copy of
-the weights packed once (:func:`pack`) into huge pages.
+the weights packed once (:func:`pack`).
 """
 import ctypes
 import hashlib
-import math
 import os
 import platform
 import subprocess
@@ -39,7 +38,6 @@ _P, _I, _I64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
 # register_activation adds modules that compute the same function.
 ACT_NONE, ACT_RELU, ACT_SILU = 0, 1, 2
 _ACTIVATIONS = {torch.nn.ReLU: ACT_RELU, torch.nn.SiLU: ACT_SILU}
-_HUGE_PAGE = 2 << 20
 
 _lib = None
 _checked: Optional[bool] = None
@@ -144,29 +142,6 @@ def activation_code(module: torch.nn.Module) -> int:
     return _ACTIVATIONS.get(type(module), ACT_NONE)
 
 
-def _paged_empty(*shape: int, huge: bool = True) -> torch.Tensor:
-    """An uninitialised float32 CPU tensor for packed weights.  ``huge``: on 2 MiB-aligned
-    memory whose whole 2 MiB pages Linux is asked (madvise) to back with transparent huge
-    pages: the expert GEMMs stream tens of MB of packed weights per forward, and with 4 KiB
-    pages their TLB misses cost GEMM time (``gemms_4k_pages`` in
-    ``benchmarks/encoder_ffn_parts.py``); the tail past the last whole page stays on small
-    pages.  ``huge=False``: asked not to use huge pages (for that benchmark).  Elsewhere than
-    Linux, or where madvise refuses, ordinary pages."""
-    nbytes = 4 * math.prod(shape)
-    if not sys.platform.startswith("linux") or nbytes < _HUGE_PAGE:
-        return torch.empty(*shape, dtype=torch.float32, device="cpu")
-    raw = torch.empty(nbytes + _HUGE_PAGE, dtype=torch.uint8, device="cpu")
-    offset = (-raw.data_ptr()) % _HUGE_PAGE
-    start, whole = raw.data_ptr() + offset, nbytes // _HUGE_PAGE * _HUGE_PAGE
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.madvise.argtypes, libc.madvise.restype = [_P, ctypes.c_size_t, _I], _I
-    # [start, start + whole) is fresh memory of ours: drop any pages it already has (a reused
-    # heap block) so that the first write faults in pages of the advised kind.
-    libc.madvise(start, whole, 4)  # MADV_DONTNEED
-    libc.madvise(start, whole, 14 if huge else 15)  # MADV_HUGEPAGE / MADV_NOHUGEPAGE
-    return raw[offset : offset + nbytes].view(torch.float32).view(*shape)
-
-
 def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
     return None if t is None else t.data_ptr()
 
@@ -182,14 +157,12 @@ def route(x: torch.Tensor, weight: torch.Tensor, top_k: int):
     return logits, probs, expert, gate
 
 
-def pack(w: torch.Tensor, huge_pages: bool = True) -> torch.Tensor:
+def pack(w: torch.Tensor) -> torch.Tensor:
     """Stacked expert weights ``[E, k, n]`` (float32) in the layout the GEMM streams: ``[E,
-    ceil(n / 16), k, 16]``, each 16-column tile contiguous, zero past column ``n``, on
-    huge-page memory where the system gives it (:func:`_paged_empty`; ``huge_pages=False``:
-    small pages, for benchmarks)."""
+    ceil(n / 16), k, 16]``, each 16-column tile contiguous, zero past column ``n``."""
     e, k, n = w.shape
     w = w.detach().contiguous()
-    packed = _paged_empty(e, (n + 15) // 16, k, 16, huge=huge_pages)
+    packed = w.new_empty(e, (n + 15) // 16, k, 16)
     _lib.moe_pack(w.data_ptr(), e, k, n, packed.data_ptr())
     return packed
 

@@ -224,7 +224,6 @@ int moe_supported(void) {
  * lower index first on ties) and their probabilities as gates. */
 void moe_route(const float *x, const float *w, int64_t n, int d, int e, int k, float *logits, float *probs,
                int64_t *expert, float *gate) {
-#pragma omp parallel for schedule(static) if (n >= 64)
     for (int64_t t = 0; t < n; t++) {
         float *l = logits + t * e, *p = probs + t * e;
         logits_row(x + t * d, w, d, e, l);
