@@ -37,13 +37,11 @@ Four implementations of the same function (``Experts.impl`` picks one; "auto" by
 * ``native``: inference only, CPU float32 (x86-64 with AVX2).  Everything in C
   (:mod:`.native`, compiled at first use): the sort by expert, the gathers, the expert
   GEMMs (bias included, on a packed copy of the weights that they stream in order), the
-  activation where the C code knows it (ReLU, SiLU, ESPnet's Swish once the
-  encoders are imported; dropout inactive: one call for the FFN; else a PyTorch call
-  between two), the gate and the
-  scatter; with
-  :class:`~.layer.MoEFeedForward` the unsorted routing goes straight in (no PyTorch sort),
-  and the router is C too (:class:`~.router.Router`).  "auto" prefers it to gemm_batch
-  wherever :func:`.native.available`.
+  activation where the C code knows it (ReLU, SiLU, ESPnet's Swish once the encoders are
+  imported; dropout inactive: one call for the FFN; else a PyTorch call between two), the
+  gate and the scatter; with :class:`~.layer.MoEFeedForward` the unsorted routing goes
+  straight in (no PyTorch sort), and the router is C too (:class:`~.router.Router`).
+  "auto" prefers it to gemm_batch wherever :func:`.native.available`.
 """
 import math
 from typing import List, Optional, Tuple

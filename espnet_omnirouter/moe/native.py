@@ -37,6 +37,7 @@ _P, _I, _I64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
 # The activations the first GEMM can apply itself (native_cpu.c's ACT_*), by module type;
 # register_activation adds modules that compute the same function.
 ACT_NONE, ACT_RELU, ACT_SILU = 0, 1, 2
+_ACT_NAMES = {"relu": ACT_RELU, "silu": ACT_SILU}
 _ACTIVATIONS = {torch.nn.ReLU: ACT_RELU, torch.nn.SiLU: ACT_SILU}
 
 _lib = None
@@ -52,16 +53,12 @@ def cache_dir() -> str:
     return os.path.join(base, "espnet_omnirouter")
 
 
-def _read_source() -> bytes:
-    with open(SOURCE, "rb") as f:
-        return f.read()
-
-
 # Read when this module is imported, so that a process compiles the C that matches the ctypes
 # signatures below even if the file changes before its first use (a package upgrade or an
 # edit while a long training runs; its first evaluation would otherwise load a library whose
 # functions take other arguments).
-_SOURCE_TEXT = _read_source()
+with open(SOURCE, "rb") as _f:
+    _SOURCE_TEXT = _f.read()
 
 
 def _build() -> str:
@@ -131,10 +128,9 @@ def available() -> bool:
 def register_activation(module_type: type, same_as: str) -> None:
     """Declare that modules of exactly ``module_type`` compute ``same_as`` ("relu": max(x, 0);
     "silu": x * sigmoid(x)), so that the C GEMM applies it (e.g. ESPnet's Swish is "silu")."""
-    codes = {"relu": ACT_RELU, "silu": ACT_SILU}
-    if same_as not in codes:
-        raise ValueError(f"register_activation: same_as must be one of {sorted(codes)}, got {same_as!r}")
-    _ACTIVATIONS[module_type] = codes[same_as]
+    if same_as not in _ACT_NAMES:
+        raise ValueError(f"register_activation: same_as must be one of {sorted(_ACT_NAMES)}, got {same_as!r}")
+    _ACTIVATIONS[module_type] = _ACT_NAMES[same_as]
 
 
 def activation_code(module: torch.nn.Module) -> int:
@@ -192,7 +188,7 @@ def experts(flat, index, expert, gate, w1, b1, w2, b2, hidden_fn, act: int = ACT
     Returns:
         ``[R, d]`` float32, zero on rows not routed.
     """
-    if act not in (ACT_NONE, ACT_RELU, ACT_SILU):
+    if act != ACT_NONE and act not in _ACT_NAMES.values():
         raise ValueError(f"native.experts: act must be ACT_NONE, ACT_RELU or ACT_SILU, got {act!r}")
     n, k = expert.shape
     e, h = b1.shape
