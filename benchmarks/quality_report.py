@@ -16,7 +16,9 @@ Reads, for every seed and model, the experiment dir ``<root>/seed<S>/asr_<model>
 and writes ``<out>/<name>.md``, ``<out>/<name>.json`` and ``<out>/<name>_loss.png`` (``--name``,
 default ``quality``).  Every number in them comes from those files, or, for the models of
 ``--reuse_models``, from the JSON of an earlier report (``--reuse``, named in the report); the verdict
-sentences are generated from the numbers.
+sentences are generated from the numbers.  A difference is called larger or not than the seed
+spread (the larger of the two models' standard deviations); a one-seed report takes that spread
+from an earlier report of the same models with several seeds (``--spread_from``, named in it).
 
 Conventions: WER/CER in percent as scored by stage 7.  The out-of-domain (OOD) average is the
 unweighted mean of the per-set values over the OOD sets; "OOD pooled" divides the summed errors by
@@ -27,6 +29,8 @@ means: ``100 * (model - reference) / reference``, negative = fewer errors.
     quality_report.py --root exp --models dense switch omni --seeds 1 2 3 --out benchmarks/results
     quality_report.py --root exp --models omni_per_position --seeds 0 1 --name quality_x \\
         --reuse benchmarks/results/quality.json --reuse_models switch omni
+    quality_report.py --root exp --models switch omni --seeds 0 --name quality_y \\
+        --spread_from benchmarks/results/quality_transformer_ctc.json
     quality_report.py --count_params exp/seed1/asr_omni
 """
 
@@ -38,7 +42,7 @@ import math
 import os
 import re
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 DEFAULT_OOD = ["test_unseen_voice", "test_noisy", "test_tempo", "test_real"]
 SET_ORDER = ["test_seen", "test_unseen_voice", "test_noisy", "test_tempo", "test_real"]
@@ -448,11 +452,12 @@ def add_ood_aggregates(run: Dict, ood_sets: Sequence[str]) -> Dict:
 
 def collect(root: str, models: Sequence[str], seeds: Sequence[int], decode_tag: Optional[str] = None,
             ood_sets: Sequence[str] = DEFAULT_OOD, compute_params: bool = True,
-            reused: Optional[Dict] = None) -> Dict:
+            reused: Optional[Dict] = None, spread_from: Optional[Dict] = None) -> Dict:
     """All runs ``<root>/seed<S>/asr_<model>`` plus the summaries over seeds and the verdict.
 
     ``reused`` (:func:`load_reused`): runs taken from an earlier report instead of ``root``; their
-    models come first in the report."""
+    models come first in the report.  ``spread_from`` (:func:`load_spread`): an earlier report's
+    seed spread, the yardstick of a one-seed report's verdict."""
     runs, missing = {}, []
     reused_models = list(reused["models"]) if reused else []
     models = reused_models + [m for m in models if m not in reused_models]
@@ -484,6 +489,7 @@ def collect(root: str, models: Sequence[str], seeds: Sequence[int], decode_tag: 
         "missing": missing,
         "runs": runs,
         "reused": {k: v for k, v in reused.items() if k != "runs"} if reused else None,
+        "spread_from": spread_from,
     }
     result["summary"] = summarize(result)
     result["relative"] = relative(result)
@@ -557,26 +563,66 @@ def _word(x: Optional[float]) -> str:
     return "worse" if x > 0 else "better" if x < 0 else "same"
 
 
+SPREAD_KEYS = ("wer", "cer", "wer_ood_avg", "cer_ood_avg", "wer_ood_pooled", "cer_ood_pooled", "final")
+
+
+def load_spread(path: str, models: Sequence[str]) -> Dict:
+    """The seed spread of an earlier report (its JSON at ``path``) for ``models``, which it must
+    have trained with more than one seed: ``{"from", "seeds", "summary"}`` (the summary cut to the
+    statistics a verdict compares)."""
+    with open(path, encoding="utf-8") as f:
+        earlier = json.load(f)
+    summ = earlier.get("summary", {})
+    if len(earlier.get("seeds", [])) < 2:
+        raise ValueError(f"--spread_from {path}: has seeds {earlier.get('seeds')}, a spread needs two or more")
+    lacking = [m for m in models if not summ.get(m)]
+    if lacking:
+        raise ValueError(f"--spread_from {path}: no runs of {', '.join(lacking)} (it has {', '.join(summ)})")
+    return {"from": path, "seeds": earlier["seeds"],
+            "summary": {m: {k: summ[m][k] for k in SPREAD_KEYS if k in summ[m]} for m in models}}
+
+
+def yardstick(result: Dict, model: str, ref: str, pick) -> Optional[Tuple[float, int, Optional[str]]]:
+    """``(spread, n, source)``: what a difference between ``model`` and ``ref`` is judged against,
+    the larger of their seed standard deviations over the report's ``n`` seeds (``source`` None),
+    or, in a one-seed report with ``spread_from``, over that earlier report's seeds (``source``: its
+    JSON); None without either.  ``pick(model_summary)`` gives the statistic's {mean, std, n}."""
+    earlier = result.get("spread_from") or {}
+    for summ, source in ((result["summary"], None), (earlier.get("summary"), earlier.get("from"))):
+        try:
+            a, b = pick(summ[model]), pick(summ[ref])
+        except (KeyError, TypeError):
+            continue
+        if a and b and min(a["n"], b["n"]) > 1 and a["std"] is not None and b["std"] is not None:
+            return max(a["std"], b["std"]), min(a["n"], b["n"]), source
+    return None
+
+
+def _judged(diff: float, stick: Optional[Tuple[float, int, Optional[str]]], unit: str = "") -> str:
+    """"; the difference (...) is larger than the larger seed standard deviation (...) over n seeds"."""
+    if stick is None:
+        return "; one seed, so no spread estimate"
+    spread, n, source = stick
+    return (f"; the difference ({diff:.2f}{unit}) is {'larger' if diff > spread else 'not larger'} than the "
+            f"larger seed standard deviation ({spread:.2f}) over {n} seeds"
+            + (f" of `{os.path.basename(source)}`" if source else ""))
+
+
 def compare_sentence(result: Dict, model: str, ref: str, unit: str = "wer", column: str = "ood_avg") -> str:
     """E.g. "Omni-router vs Switch on out-of-domain average WER: +3.1% relative (worse; 20.5% vs 19.9%)"."""
     summ = result["summary"]
     if column in ("ood_avg", "ood_pooled"):
-        a, b = summ[model][f"{unit}_{column}"], summ[ref][f"{unit}_{column}"]
+        pick = lambda m: m[f"{unit}_{column}"]  # noqa: E731
         where = "out-of-domain average" if column == "ood_avg" else "out-of-domain (pooled)"
     else:
-        a, b = summ[model][unit][column], summ[ref][unit][column]
+        pick = lambda m: m[unit][column]  # noqa: E731
         where = column
+    a, b = pick(summ[model]), pick(summ[ref])
     r = rel_change(a["mean"], b["mean"])
     text = (f"{SHORT.get(model, model)} vs {SHORT.get(ref, ref)} on {where} {unit.upper()}: "
             f"{_signed(r)} relative ({_word(r)}; {_pct(a['mean'])} vs {_pct(b['mean'])})")
-    n = min(a["n"], b["n"])
-    if n > 1 and a["std"] is not None and b["std"] is not None and r is not None:
-        diff = abs(a["mean"] - b["mean"])
-        spread = max(a["std"], b["std"])
-        text += (f"; the difference ({diff:.2f} points) is {'larger' if diff > spread else 'not larger'} than the "
-                 f"larger seed standard deviation ({spread:.2f}) over {n} seeds")
-    elif r is not None:
-        text += "; one seed, so no spread estimate"
+    if r is not None:
+        text += _judged(abs(a["mean"] - b["mean"]), yardstick(result, model, ref, pick), " points")
     return text
 
 
@@ -645,14 +691,8 @@ def compare_loss(result: Dict, model: str, ref: str, key: str = "train_loss_asr"
     word = "lower" if a["mean"] < b["mean"] else "higher" if a["mean"] > b["mean"] else "equal"
     text = (f"Final {what}, {SHORT.get(model, model)} vs {SHORT.get(ref, ref)}: {a['mean']:.2f} vs "
             f"{b['mean']:.2f} ({word}")
-    n = min(a["n"], b["n"])
-    if n > 1 and a["std"] is not None and b["std"] is not None:
-        diff, spread = abs(a["mean"] - b["mean"]), max(a["std"], b["std"])
-        text += (f"; the difference ({diff:.2f}) is {'larger' if diff > spread else 'not larger'} than the larger "
-                 f"seed standard deviation ({spread:.2f}) over {n} seeds)")
-    else:
-        text += "; one seed, so no spread estimate)"
-    return text
+    stick = yardstick(result, model, ref, lambda m: m["final"][key])
+    return text + _judged(abs(a["mean"] - b["mean"]), stick) + ")"
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -778,6 +818,10 @@ def markdown(result: Dict) -> str:
         out.append(f"- **reused runs**: {', '.join(labels[m] for m in ru['models'])} from `{ru['from']}`"
                    + (f" (command: `{ru['command']}`)" if ru.get("command") else "")
                    + (f"; {ru['note']}" if ru.get("note") else ""))
+    earlier = result.get("spread_from")
+    if earlier:
+        out.append(f"- seed spread for the verdict: from `{earlier['from']}` (seeds "
+                   f"{', '.join(str(s) for s in earlier['seeds'])}), where this report has one seed")
     out += [f"- note: {note}" for note in result.get("notes", [])]
     if result["missing"]:
         out.append(f"- **missing runs** (left out of the means): {'; '.join(result['missing'])}")
@@ -943,6 +987,9 @@ def main(argv=None) -> int:
     p.add_argument("--reuse_check", metavar="DIR", default=None,
                    help="short re-runs of the reused runs at the current code (DIR/seed<S>/asr_<model>/train.log): "
                    "compared epoch by epoch in the report")
+    p.add_argument("--spread_from", metavar="JSON", default=None,
+                   help="an earlier report's JSON with several seeds of the same models: its seed standard "
+                   "deviations judge the differences of a one-seed report")
     p.add_argument("--note", action="append", default=[], metavar="TEXT",
                    help="a note on the runs for the report's header (repeatable), e.g. a pause during a training")
     args = p.parse_args(argv)
@@ -974,7 +1021,14 @@ def main(argv=None) -> int:
                 p.error(str(e))
     elif args.reuse_check:
         p.error("--reuse_check needs --reuse")
-    result = collect(args.root, args.models, args.seeds, args.decode_tag, args.ood_sets, reused=reused)
+    spread_from = None
+    if args.spread_from:
+        try:
+            spread_from = load_spread(args.spread_from, [m for m in args.models])
+        except (OSError, ValueError) as e:
+            p.error(str(e))
+    result = collect(args.root, args.models, args.seeds, args.decode_tag, args.ood_sets, reused=reused,
+                     spread_from=spread_from)
     if not _runs(result["runs"]):
         print(f"ERROR: no scored run under {args.root}/seed<S>/asr_<model>", file=sys.stderr)
         return 1

@@ -408,6 +408,44 @@ def test_relative_change_ood_average_and_verdict(tmp_path):
     assert json.loads(Path(paths["json"]).read_text())["relative"] == json.loads(json.dumps(rel))
 
 
+def test_one_seed_report_judged_by_an_earlier_reports_seed_spread(tmp_path):
+    """--spread_from: a one-seed report's differences are judged against the seed standard
+    deviations of an earlier report of the same models (named in the sentence and the header);
+    an earlier report with one seed, or without the models, is refused."""
+    earlier = tmp_path / "earlier"
+    for seed, shift in ((0, 0.0), (1, 2.0)):  # OOD avg std: switch 0, omni 1.41; train loss std 1.41
+        fake_run(earlier, seed, "switch", wers(8.0, [20.0] * 4), epochs=[(1, 45.0 + shift, 55.0)], moe=True)
+        fake_run(earlier, seed, "omni", wers(8.0 + shift, [19.0 + shift] * 4), epochs=[(1, 44.0, 54.0)], moe=True)
+    paths = qr.write_report(qr.collect(str(earlier), ["switch", "omni"], [0, 1], compute_params=False),
+                            str(tmp_path / "out"), "earlier")
+    longer = tmp_path / "longer"
+    fake_run(longer, 0, "switch", wers(7.0, [18.0] * 4), epochs=[(1, 40.0, 50.0)], moe=True)
+    fake_run(longer, 0, "omni", wers(7.5, [17.0] * 4), epochs=[(1, 39.0, 49.0)], moe=True)
+    alone = "\n".join(qr.collect(str(longer), ["switch", "omni"], [0], compute_params=False)["verdict"])
+    assert "one seed, so no spread estimate" in alone
+    out = tmp_path / "out2"
+    assert qr.main(["--root", str(longer), "--models", "switch", "omni", "--seeds", "0", "--name", "longer",
+                    "--spread_from", paths["json"], "--out", str(out)]) == 0
+    res = json.loads((out / "longer.json").read_text())
+    v = "\n".join(res["verdict"])
+    assert "one seed" not in v
+    assert ("Omni-router vs Switch on out-of-domain average WER: -5.6% relative (better; 17.00% vs 18.00%); the "
+            "difference (1.00 points) is not larger than the larger seed standard deviation (1.41) over 2 seeds "
+            "of `earlier.json`") in v
+    assert ("Omni-router vs Switch on test_seen WER: +7.1% relative (worse; 7.50% vs 7.00%); the difference "
+            "(0.50 points) is not larger than the larger seed standard deviation (1.41)") in v
+    assert ("Final training ASR loss, Omni-router vs Switch: 38.90 vs 39.90 (lower; the difference (1.00) is not "
+            "larger than the larger seed standard deviation (1.41) over 2 seeds of `earlier.json`)") in v
+    assert res["spread_from"]["seeds"] == [0, 1] and set(res["spread_from"]["summary"]) == {"switch", "omni"}
+    assert f"seed spread for the verdict: from `{paths['json']}` (seeds 0, 1)" in (out / "longer.md").read_text()
+    one = qr.write_report(qr.collect(str(longer), ["switch", "omni"], [0], compute_params=False),
+                          str(tmp_path / "out3"), "one")
+    for bad, models in ((one["json"], ["switch", "omni"]), (paths["json"], ["dense", "switch", "omni"])):
+        with pytest.raises(SystemExit):  # one seed; no dense runs
+            qr.main(["--root", str(longer), "--models", *models, "--seeds", "0",
+                     "--spread_from", bad, "--out", str(tmp_path / "out4")])
+
+
 def test_omni_better_than_switch_is_stated(tmp_path):
     fake_run(tmp_path, 1, "switch", wers(8.0, [20.0, 20.0, 20.0, 20.0]), moe=True)
     fake_run(tmp_path, 1, "omni", wers(8.0, [19.0, 19.0, 19.0, 19.0]), moe=True)
@@ -838,3 +876,4 @@ def test_interleaved_rounds_rotate_the_order():
     times, slow = _bench.time_interleaved(steps, torch.device("cpu"), warmup=1, repeats=3)
     assert "".join(calls) == "abc" + "bca" + "cab" + "abc"
     assert slow == {} and {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
+
