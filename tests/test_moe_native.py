@@ -81,6 +81,40 @@ def test_packed_weights_follow_weight_changes():
     assert not torch.equal(before, layer(x).detach())
 
 
+def test_packed_weights_follow_fused_optimizer_steps():
+    """Weights that change without a version bump still reach the native path: after the steps
+    of PyTorch's fused Adam (as ESPnet's trainer runs it), and after an update through ``.data``
+    while gradients are present, the eval output equals a fresh copy's.  (A stale copy once made
+    the validation losses of an ESPnet training wrong, and with them its checkpoint choice.)"""
+    import copy
+
+    torch.manual_seed(0)
+    layer = MoEFeedForward(Router(16, 4), Experts(4, 16, 32, torch.nn.ReLU()))
+    x = torch.randn(2, 9, 16)
+    opt = torch.optim.Adam(layer.parameters(), lr=0.1, fused=True)
+    outputs = []
+    for _ in range(2):
+        layer.train()
+        layer(x).pow(2).sum().backward()
+        version = layer.experts.w1._version
+        opt.step()
+        opt.zero_grad()
+        assert layer.experts.w1._version == version  # fused: no version bump, the case tested
+        layer.eval()
+        with torch.no_grad():
+            assert layer.experts.path(x, 18, grad=False) == "native"
+            outputs.append(layer(x))
+            torch.testing.assert_close(outputs[-1], copy.deepcopy(layer)(x), atol=0, rtol=0)
+    assert not torch.equal(outputs[0], outputs[1])
+    layer.train()
+    layer(x).pow(2).sum().backward()
+    layer.eval()
+    with torch.no_grad():
+        layer(x)
+        layer.experts.w2.data.mul_(2)  # no version bump, no optimizer: only the gradient says so
+        torch.testing.assert_close(layer(x), copy.deepcopy(layer)(x), atol=0, rtol=0)
+
+
 def test_bad_expert_index_is_an_error():
     assert native.available(), native.why_not
     experts = Experts(4, 16, 32, torch.nn.ReLU()).eval()

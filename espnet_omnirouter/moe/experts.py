@@ -49,6 +49,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from espnet_omnirouter.moe import gemm_batch, native
 
@@ -60,6 +61,18 @@ INFERENCE_ONLY = ("padded", "gemm_batch", "native")
 # per-slice loop above it (benchmarks/encoder_infer.py: batch 1 at 2-20 s is 50-500 frames
 # after 4x subsampling; batch 8 x 10 s is 2,000, where the loop is the fastest).
 PADDED_MAX_ROWS = 1024
+# Optimizer steps taken in this process (torch.optim's global step hook): part of the key of the
+# native path's packed weights, since an optimizer may update weights in place without bumping
+# their version counter (fused Adam does), which would leave the packed copy stale.
+_optimizer_steps = [0]
+
+
+def _count_optimizer_step(optimizer, args, kwargs) -> None:
+    _optimizer_steps[0] += 1
+
+
+register_optimizer_step_post_hook(_count_optimizer_step)
+
 # Fixed cost of one run of the padded path (two baddbmm and an activation call: ~100 us on
 # a 2-core CPU), in FLOPs of padding rows that it is worth to skip: see padded_runs.
 PADDED_RUN_COST_FLOP = 2e7
@@ -374,11 +387,17 @@ class Experts(nn.Module):
         )
 
     def _native_packed(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``w1`` and ``w2`` in the native GEMM's layout (:func:`.native.pack`), packed again
-        whenever a weight changes (an optimizer step, ``load_state_dict`` or a move bumps its
-        version or its storage): a copy of the experts' weights while the module is used for
-        CPU inference."""
-        key = tuple((w.data_ptr(), w._version) for w in (self.w1, self.w2))
+        """``w1`` and ``w2`` in the native GEMM's layout (:func:`.native.pack`): a copy of the
+        experts' weights, kept while the module is used for CPU inference and packed again
+        whenever a weight may have changed: its storage or version changed (``load_state_dict``,
+        an in-place edit, a move), an optimizer stepped (:data:`_optimizer_steps`: PyTorch's
+        fused Adam, which ESPnet's trainer uses, updates weights without bumping their
+        version), or a weight has a gradient (it is being trained: no copy is kept)."""
+        params = (self.w1, self.w2)
+        if any(w.grad is not None for w in params):
+            self._packed = None
+            return native.pack(self.w1), native.pack(self.w2)
+        key = tuple((w.data_ptr(), w._version) for w in params) + (_optimizer_steps[0],)
         if self._packed is None or self._packed[0] != key:
             self._packed = None  # the old copy goes before the new one is made
             self._packed = (key, native.pack(self.w1), native.pack(self.w2))
