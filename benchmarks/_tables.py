@@ -148,3 +148,19 @@ def parts_table(cases, target):
                         f"{us(r['rest_s'] - d['rest_s'])}", us(case["budget_per_ffn_s"])]
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def rows_table(cases):
+    """Markdown table of ``ffn_infer_rows.py``'s frame counts: the dense FFN's time, every MoE
+    path as a ratio to it, the path "auto" took, and the experts' frame counts."""
+    moe = [v for v in cases[0]["variants"] if v != "dense"]
+    head = ["frames", "dense"] + moe + ["auto took", "frames per expert (min-max)", "CPU stall"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for case in cases:
+        dense = case["variants"]["dense"]["median_s"]
+        row = [str(case["frames"]), f"{dense * 1e6:.0f} us"]
+        row += [f"{case['variants'][v]['median_s'] / dense:.2f}x" for v in moe]
+        counts = case["expert_frames"]
+        row += [case["auto_path"], f"{min(counts)}-{max(counts)}", stall(case.get("machine_load"))]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)

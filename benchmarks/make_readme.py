@@ -12,7 +12,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _tables import decode_rtf_table, encoder_table, infer_table, parts_table, stall, table  # noqa: E402
+from _tables import decode_rtf_table, encoder_table, infer_table, parts_table, rows_table, stall, table  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BEGIN, END = "<!-- BEGIN GENERATED -->", "<!-- END GENERATED -->"
@@ -42,6 +42,7 @@ INFER_RUNS = [
     ("encoder_infer.json", "CPU, freshly initialised encoders on random features"),
 ]
 PARTS_RUN = "encoder_ffn_parts.json"  # encoder_ffn_parts.py: the FFNs' share of encoder_infer.py's ratios
+ROWS_RUN = "ffn_infer_rows.json"  # ffn_infer_rows.py: one FFN's inference paths by frame count
 DECODE_RTF_RUNS = [("decode_rtf.json", "CPU, beam search with the character LM, batch 1")]
 ENCODER_RUNS = [
     ("encoder_step.json", "CPU"),
@@ -394,6 +395,17 @@ def generate(results_dir):
             f"{run['config']['target']:g}x the dense encoder.\n"
         )
         out.append(parts_table(run["cases"], run["config"]["target"]))
+    run = load(results_dir, ROWS_RUN)
+    if run is not None:
+        c = run["config"]
+        out.append(f"\n### One MoE FFN's inference paths by frame count, CPU (`results/{ROWS_RUN}`)\n")
+        out.append(machine_line(run) + f" | d x h {c['dims'][0]} x {c['dims'][1]}, {c['experts']} top-1 experts\n")
+        out.append(
+            "Dense: median time of ESPnet's FFN; the others: ratios to it, `auto` with the automatic choice "
+            "(`auto took`), the rest forced onto one path (`ffn_infer_rows.py`; router weights N(0, 1), so the "
+            "frames spread over the experts about evenly).\n"
+        )
+        out.append(rows_table(run["cases"]))
     for name, title in DECODE_RTF_RUNS:
         run = load(results_dir, name)
         if run is None:

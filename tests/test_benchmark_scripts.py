@@ -877,3 +877,31 @@ def test_interleaved_rounds_rotate_the_order():
     assert "".join(calls) == "abc" + "bca" + "cab" + "abc"
     assert slow == {} and {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
 
+
+def test_ffn_infer_rows_times_every_path_and_its_readme_table(tmp_path):
+    """ffn_infer_rows.py on a small FFN: dense, auto and each forced path timed per frame count,
+    every path's output equal to the loop's, the automatic choice recorded (native up to
+    NATIVE_MAX_ROWS, the loop above), every frame counted once; make_readme renders the table;
+    bad options are errors."""
+    import ffn_infer_rows
+    import make_readme
+    from espnet_omnirouter.moe.experts import NATIVE_MAX_ROWS
+
+    out = tmp_path / "ffn_infer_rows.json"
+    frames = [40, NATIVE_MAX_ROWS + 1]
+    ffn_infer_rows.main(["--frames", *map(str, frames), "--dims", "16x32", "--experts", "3", "--impls", "native,loop",
+                         "--warmup", "0", "--repeats", "1", "--out", str(out)])
+    run = json.loads(out.read_text())
+    assert [c["frames"] for c in run["cases"]] == frames
+    assert [c["auto_path"] for c in run["cases"]] == ["native", "loop"]
+    for case in run["cases"]:
+        assert set(case["variants"]) == {"dense", "auto", "native", "loop"}
+        assert all(v["median_s"] > 0 for v in case["variants"].values())
+        assert all(case["variants"][v]["max_abs_diff_vs_loop"] < 1e-4 for v in ("auto", "native", "loop"))
+        assert sum(case["expert_frames"]) == case["frames"] and len(case["expert_frames"]) == 3
+    section = make_readme.generate(str(tmp_path))
+    assert "One MoE FFN's inference paths by frame count" in section
+    assert f"| {NATIVE_MAX_ROWS + 1} |" in section and "| loop |" in section
+    for bad in (["--impls", "native"], ["--impls", "loop,fast"], ["--dims", "16by32"]):
+        with pytest.raises(SystemExit):
+            ffn_infer_rows.main(bad)

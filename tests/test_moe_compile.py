@@ -150,6 +150,31 @@ def test_inference_paths_match_training_path(impl, num_experts, top_k, padded, w
         assert torch.all(y_infer[2, 3:] == 0)
 
 
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_native_path_matches_training_path_at_batch_sizes(top_k):
+    """"auto" runs a batch of decoding size (8 utterances of different lengths, 2,000-4,000
+    assignments: above PADDED_MAX_ROWS) on the native path, with the training path's output."""
+    from espnet_omnirouter.moe import native
+    from espnet_omnirouter.moe.experts import NATIVE_MAX_ROWS, PADDED_MAX_ROWS
+
+    torch.manual_seed(0)
+    router = Router(D, 8, top_k=top_k)
+    torch.nn.init.normal_(router.weight, std=1.0)
+    layer = MoEFeedForward(router, Experts(8, D, H, torch.nn.SiLU(), 0.1)).eval()
+    lengths = torch.tensor([250, 240, 250, 180, 250, 120, 249, 250])
+    mask = torch.arange(250)[None, :] < lengths[:, None]
+    x = torch.randn(8, 250, D)
+    assignments = int(lengths.sum()) * top_k
+    assert PADDED_MAX_ROWS < assignments <= NATIVE_MAX_ROWS
+    y_train = layer(x.requires_grad_(), mask)  # autograd records: the training path
+    assert native.available(), native.why_not  # x86-64 with AVX2 and a C compiler, as here
+    with torch.inference_mode():
+        assert layer.experts.path(x, assignments, grad=False) == "native"
+        y_infer = layer(x, mask)
+    torch.testing.assert_close(y_infer, y_train.detach(), atol=1e-5, rtol=1e-5)
+    assert torch.all(y_infer[5, 120:] == 0)
+
+
 @pytest.mark.parametrize("run_cost_flop", [3e6, 0.0])  # one run; a run per group of alike slices
 def test_padded_path_with_idle_experts_and_no_frames(run_cost_flop, monkeypatch):
     from espnet_omnirouter.moe import experts as experts_module
@@ -224,22 +249,27 @@ def test_padded_runs_have_least_cost():
 
 
 def test_automatic_expert_path_choice(monkeypatch):
-    """"auto": native for float32 CPU inference (eval, no autograd) up to PADDED_MAX_ROWS
-    assignments, gemm_batch where the C kernels cannot run, padded where neither can (other
-    dtypes, no MKL), the loop in training mode, when autograd records or above it; forcing
-    an inference path under autograd, or one where it cannot run, is an error."""
+    """"auto": native for float32 CPU inference (eval, no autograd) up to NATIVE_MAX_ROWS
+    assignments; where the C kernels cannot run, gemm_batch up to PADDED_MAX_ROWS, padded where
+    neither can (other dtypes, no MKL); the loop in training mode, when autograd records or
+    above those sizes; forcing an inference path under autograd, or one where it cannot run,
+    is an error."""
     from espnet_omnirouter.moe import gemm_batch, native
-    from espnet_omnirouter.moe.experts import PADDED_MAX_ROWS
+    from espnet_omnirouter.moe.experts import NATIVE_MAX_ROWS, PADDED_MAX_ROWS
 
+    assert NATIVE_MAX_ROWS > PADDED_MAX_ROWS  # batch 8 decoding (~2,000 assignments) runs native
     experts = make_layer(1).experts.eval()
     x = torch.randn(8, D)
     assert native.available(), native.why_not  # x86-64 with AVX2 and a C compiler, as here
-    assert experts.path(x, PADDED_MAX_ROWS, grad=False) == "native"
+    assert experts.path(x, NATIVE_MAX_ROWS, grad=False) == "native"
+    assert experts.path(x, NATIVE_MAX_ROWS + 1, grad=False) == "loop"
     assert experts.path(x, PADDED_MAX_ROWS, torch.float64, grad=False) == "padded"
+    assert experts.path(x, PADDED_MAX_ROWS + 1, torch.float64, grad=False) == "loop"
     with monkeypatch.context() as m:
         m.setattr(native, "available", lambda: False)
         m.setattr(native, "why_not", "no compiler (test)")
         assert experts.path(x, PADDED_MAX_ROWS, grad=False) == "gemm_batch"
+        assert experts.path(x, PADDED_MAX_ROWS + 1, grad=False) == "loop"
         experts.impl = "native"
         with pytest.raises(ValueError, match="'native' cannot run: no compiler"):
             experts.path(x, 8, grad=False)
@@ -252,7 +282,6 @@ def test_automatic_expert_path_choice(monkeypatch):
         experts.impl = "auto"
     assert experts.train().path(x, 8, grad=False) == "loop"  # dropout masks as the loop's
     experts.eval()
-    assert experts.path(x, PADDED_MAX_ROWS + 1, grad=False) == "loop"
     assert experts.path(x, 8, grad=True) == "loop"
     experts.impl = "loop"
     assert experts.path(x, 8, grad=False) == "loop"

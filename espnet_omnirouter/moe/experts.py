@@ -41,7 +41,8 @@ Four implementations of the same function (``Experts.impl`` picks one; "auto" by
   imported; dropout inactive: one call for the FFN; else a PyTorch call between two), the
   gate and the scatter; with :class:`~.layer.MoEFeedForward` the unsorted routing goes
   straight in (no PyTorch sort), and the router is C too (:class:`~.router.Router`).
-  "auto" prefers it to gemm_batch wherever :func:`.native.available`.
+  "auto" takes it for CPU float32 inference up to :data:`NATIVE_MAX_ROWS` assignments
+  wherever :func:`.native.available` (batch 1 and batch 8 decoding alike).
 """
 import math
 from typing import List, Optional, Tuple
@@ -56,11 +57,15 @@ from espnet_omnirouter.moe import gemm_batch, native
 IMPLS = ("auto", "grouped_mm", "loop", "padded", "gemm_batch", "native")
 INFERENCE_ONLY = ("padded", "gemm_batch", "native")
 
-# "auto" takes an inference path (native, gemm_batch, or padded where MKL's batched GEMM is missing)
-# for CPU inference of at most this many (frame, expert) assignments per MoE FFN, and the
-# per-slice loop above it (benchmarks/encoder_infer.py: batch 1 at 2-20 s is 50-500 frames
-# after 4x subsampling; batch 8 x 10 s is 2,000, where the loop is the fastest).
+# Where the C kernels cannot run, "auto" takes gemm_batch (or padded where MKL's batched GEMM is
+# missing) for CPU inference of at most this many (frame, expert) assignments per MoE FFN, and
+# the per-slice loop above it (benchmarks/encoder_infer.py: batch 1 at 2-20 s is 50-500 frames
+# after 4x subsampling; batch 8 x 10 s is 2,000, where the loop is the faster of the two).
 PADDED_MAX_ROWS = 1024
+# "auto" takes the native path for CPU float32 inference of at most this many assignments per
+# MoE FFN, the loop above it: about where the loop overtakes it (benchmarks/ffn_infer_rows.py,
+# its table in benchmarks/README.md; batch 8 x 10 s is ~2,000 assignments).
+NATIVE_MAX_ROWS = 8192
 # Optimizer steps taken in this process (torch.optim's global step hook): part of the key of the
 # native path's packed weights, since an optimizer may update weights in place without bumping
 # their version counter (fused Adam does), which would leave the packed copy stale.
@@ -183,10 +188,11 @@ class Experts(nn.Module):
             return "grouped_mm" if supported and dtype == torch.bfloat16 else "loop"
         if self.impl == "grouped_mm" or (supported and x.is_cuda):
             return "grouped_mm"
-        if not grad and not self.training and x.device.type == "cpu" and assignments <= PADDED_MAX_ROWS:
-            if self._native_runs(x, dtype):
+        if not grad and not self.training and x.device.type == "cpu":
+            if assignments <= NATIVE_MAX_ROWS and self._native_runs(x, dtype):
                 return "native"
-            return "gemm_batch" if self._gemm_batch_runs(x, dtype) else "padded"
+            if assignments <= PADDED_MAX_ROWS:
+                return "gemm_batch" if self._gemm_batch_runs(x, dtype) else "padded"
         return "loop"
 
     def _cpu_float32(self, x: torch.Tensor, dtype: torch.dtype) -> bool:
