@@ -25,6 +25,7 @@ wav.scp`` real speech (run from the recipe directory): the recordings are joined
 case is a different stretch of it, turned into features by the front-end and
 normalisation of the first ``--exp`` model (outside the timing), as decoding sees them.
 A dense encoder's cost does not depend on its weights, so ``dense`` may stay untrained.
+``--encoders`` times a subset (e.g. ``dense,omni`` when only those were trained).
 
     python benchmarks/encoder_infer.py --out benchmarks/results/encoder_infer.json
 """
@@ -63,6 +64,17 @@ def parse_exp(text):
     if not sep or key not in DEFAULT_CONFIGS:
         raise argparse.ArgumentTypeError(f"--exp: expected KEY=DIR with KEY in {list(DEFAULT_CONFIGS)}, got {text!r}")
     return key, path
+
+
+def parse_encoders(text):
+    """``"dense,omni"`` -> ["dense", "omni"]: the encoders to time (dense always among them)."""
+    keys = [k for k in text.split(",") if k]
+    bad = [k for k in keys if k not in DEFAULT_CONFIGS]
+    if bad or "dense" not in keys or len(set(keys)) != len(keys):
+        raise argparse.ArgumentTypeError(
+            f"--encoders: expected distinct names from {list(DEFAULT_CONFIGS)} including dense, got {text!r}"
+        )
+    return keys
 
 
 def load_model(exp_dir, checkpoint):
@@ -132,6 +144,7 @@ def main(argv=None):
     parser.add_argument(
         "--cases", type=parse_case, nargs="+", default=[parse_case(c) for c in ("1x2", "1x5", "1x10", "1x20", "8x10")]
     )
+    parser.add_argument("--encoders", type=parse_encoders, default=list(DEFAULT_CONFIGS), help="comma-separated")
     parser.add_argument("--impls", default="loop", help="comma-separated Experts.impl values also timed ('' = none)")
     parser.add_argument("--vocab", type=int, default=32, help="CTC output size (characters + blank)")
     parser.add_argument("--feat-dim", type=int, default=80)
@@ -150,8 +163,10 @@ def main(argv=None):
     trained = dict(args.exp)
     if args.audio and not trained:
         parser.error("--audio needs an --exp model (its front-end makes the features)")
+    if set(trained) - set(args.encoders):
+        parser.error(f"--exp {', '.join(set(trained) - set(args.encoders))}: not among --encoders {args.encoders}")
     models = {key: load_model(path, args.checkpoint) for key, path in trained.items()}
-    for key in DEFAULT_CONFIGS:
+    for key in args.encoders:
         if key in models:
             encoders[key], heads[key] = models[key].encoder.to(device), models[key].ctc.log_softmax
             configs[key] = dict(exp=trained[key], checkpoint=args.checkpoint, encoder=type(encoders[key]).__name__)

@@ -683,6 +683,23 @@ def test_encoder_infer_times_every_encoder_and_impl(tmp_path):
         encoder_infer.main(["--cases", "1by5"])
 
 
+def test_encoder_infer_times_a_subset_of_encoders(tmp_path):
+    """encoder_infer.py --encoders dense,omni: only those (and omni's forced twin) are timed;
+    a name it does not know, a list without dense, or an --exp outside the list is refused."""
+    import encoder_infer
+
+    out = tmp_path / "encoder_infer.json"
+    tiny = [f"--{k}-config={v}" for k, v in TINY.items()]
+    encoder_infer.main(tiny + ["--encoders", "dense,omni", "--cases", "1x0.5", "--warmup", "0", "--repeats", "1",
+                               "--out", str(out)])
+    (case,) = json.loads(out.read_text())["cases"]
+    assert set(case["variants"]) == {"dense", "omni", "omni_loop"}
+    for bad in (["--encoders", "dense,duo"], ["--encoders", "omni"], ["--encoders", "dense,omni,omni"],
+                ["--encoders", "dense,omni", "--exp", "switch=exp/x"]):
+        with pytest.raises(SystemExit):
+            encoder_infer.main(tiny + bad)
+
+
 def torch_log_probs(best, vocab=4):
     """Log-probabilities whose argmax is ``best`` (``[B][T]`` token ids)."""
     import torch
