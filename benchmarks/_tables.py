@@ -100,11 +100,17 @@ def op_count_table(results):
 
 def infer_table(cases):
     """Markdown table of ``encoder_infer.py``'s cases: dense forward / greedy-CTC times in
-    ms, every other variant as ratios to dense, and the padded path's waste."""
+    ms, every other variant as ratios to dense, the padded path's waste and (with Duo
+    variants) each Duo policy's FFN compute relative to all-big."""
     variants = list(cases[0]["variants"])
     moe = [v for v in variants if v != "dense"]
+    padded = [v for v in moe if "pad_waste" in cases[0]["variants"][v]]
+    duo = [v for v in moe if "duo_compute" in cases[0]["variants"][v]]
     head = ["batch x s", "enc. frames", "dense forward", "dense greedy"]
-    head += [f"{v} forward / greedy" for v in moe] + ["pad waste (" + ", ".join(moe) + ")", "CPU stall"]
+    head += [f"{v} forward / greedy" for v in moe]
+    head += ["pad waste (" + ", ".join(padded) + ")"] if padded else []
+    head += ["Duo compute (" + ", ".join(duo) + ")"] if duo else []
+    head += ["CPU stall"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for case in cases:
         dense = case["variants"]["dense"]
@@ -113,7 +119,8 @@ def infer_table(cases):
         for v in moe:
             r = case["variants"][v]
             row.append(" / ".join(f"{r[s]['median_s'] / dense[s]['median_s']:.2f}x" for s in ("forward", "greedy")))
-        row.append(", ".join(f"{case['variants'][v]['pad_waste']:.2f}" for v in moe))
+        row += [", ".join(f"{case['variants'][v]['pad_waste']:.2f}" for v in padded)] if padded else []
+        row += [", ".join(f"{case['variants'][v]['duo_compute']:.2f}" for v in duo)] if duo else []
         row.append(stall(case.get("machine_load")))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)

@@ -27,6 +27,11 @@ normalisation of the first ``--exp`` model (outside the timing), as decoding see
 A dense encoder's cost does not depend on its weights, so ``dense`` may stay untrained.
 ``--encoders`` times a subset (e.g. ``dense,omni`` when only those were trained).
 
+``--duo-config`` adds a Duo Conformer (freshly initialised), once per ``--duo-policies``
+entry: ``big``, ``small`` or ``static:PATTERN`` (one letter per slot, ``B``/``S``/``K``), the
+fixed decoding policies of ``espnet_omnirouter.inference.duo``, whose cost does not depend on
+trained weights (a learned router's choices do: ``benchmarks/duo.py`` times those).
+
     python benchmarks/encoder_infer.py --out benchmarks/results/encoder_infer.json
 """
 import argparse
@@ -40,6 +45,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _bench  # noqa: E402
 from _tables import infer_table  # noqa: E402
 from encoder_step import DEFAULT_CONFIGS, load_encoder  # noqa: E402
+
+from espnet_omnirouter.inference.duo import DuoDecodeConfig, apply_duo_policy, slot_policies  # noqa: E402
+from espnet_omnirouter.moe.duo import duo_stats  # noqa: E402
 
 
 def parse_case(text):
@@ -75,6 +83,17 @@ def parse_encoders(text):
             f"--encoders: expected distinct names from {list(DEFAULT_CONFIGS)} including dense, got {text!r}"
         )
     return keys
+
+
+def parse_duo_policy(text):
+    """``"big"``, ``"small"`` or ``"static:BSK..."`` -> a checked ``DuoDecodeConfig``."""
+    policy, _, pattern = text.partition(":")
+    if policy not in ("big", "small", "static"):
+        raise argparse.ArgumentTypeError(f"--duo-policies: expected big, small or static:PATTERN, got {text!r}")
+    try:
+        return DuoDecodeConfig(policy=policy, pattern=pattern or None)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"--duo-policies {text!r}: {e}")
 
 
 def load_model(exp_dir, checkpoint):
@@ -145,6 +164,9 @@ def main(argv=None):
         "--cases", type=parse_case, nargs="+", default=[parse_case(c) for c in ("1x2", "1x5", "1x10", "1x20", "8x10")]
     )
     parser.add_argument("--encoders", type=parse_encoders, default=list(DEFAULT_CONFIGS), help="comma-separated")
+    parser.add_argument("--duo-config", default=None, help="a Duo Conformer config: also time its policies")
+    parser.add_argument("--duo-policies", type=lambda t: [parse_duo_policy(p) for p in t.split(",") if p],
+                        default="big,small", help="comma-separated: big, small, static:PATTERN")
     parser.add_argument("--impls", default="loop", help="comma-separated Experts.impl values also timed ('' = none)")
     parser.add_argument("--vocab", type=int, default=32, help="CTC output size (characters + blank)")
     parser.add_argument("--feat-dim", type=int, default=80)
@@ -175,11 +197,26 @@ def main(argv=None):
         name, conf, enc = load_encoder(path, args.feat_dim)
         encoders[key] = enc.to(device).eval()
         configs[key] = dict(config=path, encoder=name, encoder_conf=conf)
+    duo = {}  # variant name -> DuoDecodeConfig
+    if args.duo_config:
+        name, conf, enc = load_encoder(args.duo_config, args.feat_dim)
+        if not hasattr(enc, "set_duo_policies"):
+            parser.error(f"--duo-config {args.duo_config}: encoder {name!r} is not a Duo encoder")
+        encoders["duo"] = enc.to(device).eval()
+        configs["duo"] = dict(config=args.duo_config, encoder=name, encoder_conf=conf)
+        for c in args.duo_policies:
+            try:
+                slot_policies(enc, c)
+            except ValueError as e:
+                parser.error(f"--duo-policies: {e}")
+        duo = {f"duo_{c.tag()}": c for c in args.duo_policies}
     stream = speech_stream(args.audio) if args.audio else None
     impls = [i for i in args.impls.split(",") if i]
-    variants = {k: (k, None) for k in encoders}
+    moe = [k for k in encoders if hasattr(encoders[k], "moe_ffns")]
+    variants = {k: (k, None) for k in encoders if k != "duo"}
+    variants.update({name: ("duo", None) for name in duo})
     for impl in impls:
-        variants.update({f"{k}_{impl}": (k, impl) for k in encoders if k != "dense"})
+        variants.update({f"{k}_{impl}": (k, impl) for k in moe})
     ctc = torch.nn.Linear(encoders["dense"].output_size(), args.vocab).to(device).eval()
     for key in encoders:
         heads.setdefault(key, lambda h: ctc(h).log_softmax(-1))
@@ -192,13 +229,18 @@ def main(argv=None):
         for ffn in getattr(enc, "moe_ffns", list)():
             ffn.experts.impl = impl or "auto"
 
+    def set_policy(enc, name):
+        if name in duo:
+            apply_duo_policy(enc, duo[name])
+
     def make_steps(xs, ilens):
         steps = {}
         for name, (key, impl) in variants.items():
             enc = encoders[key]
 
-            def forward(enc=enc, impl=impl):
+            def forward(enc=enc, impl=impl, name=name):
                 set_impl(enc, impl)
+                set_policy(enc, name)
                 with torch.inference_mode():
                     return enc(xs, ilens)
 
@@ -233,11 +275,15 @@ def main(argv=None):
             for step in ("forward", "greedy"):
                 ts = times[f"{name}/{step}"]
                 r[step] = dict(times_s=ts, median_s=_bench.median(ts))
-            if key != "dense":
+            if key in moe:
                 out = steps[f"{name}/forward"]()[0]
                 r["pad_waste"] = pad_waste(encoders[key])
                 if impl is not None:  # same function as the automatic choice
                     r["max_abs_diff_vs_auto"] = float((out - steps[f"{key}/forward"]()[0]).abs().max())
+            if name in duo:  # the FFN compute of that policy, relative to all-big
+                steps[f"{name}/forward"]()
+                enc = encoders[key]
+                r["duo_compute"] = float(duo_stats(enc.duo_records(), enc.duo_costs())["duo_compute"])
             case["variants"][name] = dict(r, encoder=key, impl=impl or "auto")
         out, _, _ = steps["dense/forward"]()
         case["encoder_frames"] = out.shape[1]
@@ -254,6 +300,7 @@ def main(argv=None):
                 machine=info,
                 config=dict(
                     vars(args), dtype="fp32 inference_mode", cases=[list(c) for c in args.cases],
+                    duo_policies=[c.tag() for c in args.duo_policies],
                     variants=list(variants), elapsed_s=elapsed, configs=configs,
                 ),
                 cases=cases,

@@ -28,7 +28,11 @@ from _tables import encoder_table  # noqa: E402
 
 from espnet2.asr.encoder.conformer_encoder import ConformerEncoder  # noqa: E402
 
-from espnet_omnirouter.encoders import OmniRouterConformerEncoder, SwitchConformerEncoder  # noqa: E402
+from espnet_omnirouter.encoders import (  # noqa: E402
+    DuoConformerEncoder,
+    OmniRouterConformerEncoder,
+    SwitchConformerEncoder,
+)
 from espnet_omnirouter.moe import moe_aux_losses  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,6 +40,7 @@ CLASSES = {
     "conformer": ConformerEncoder,
     "switch_conformer": SwitchConformerEncoder,
     "omni_router_conformer": OmniRouterConformerEncoder,
+    "duo_conformer": DuoConformerEncoder,  # encoder_infer.py --duo-config
 }
 DEFAULT_CONFIGS = {
     "dense": "conf/train_asr_conformer.yaml",

@@ -40,6 +40,7 @@ CUDA_ACCEPTANCE_RUNS = [
 INFER_RUNS = [
     ("encoder_infer_trained.json", "CPU, trained encoders on real speech (`test_seen`)"),
     ("encoder_infer.json", "CPU, freshly initialised encoders on random features"),
+    ("encoder_infer_duo.json", "CPU, Duo Conformer's fixed policies, freshly initialised, random features"),
 ]
 PARTS_RUN = "encoder_ffn_parts.json"  # encoder_ffn_parts.py: the FFNs' share of encoder_infer.py's ratios
 ROWS_RUN = "ffn_infer_rows.json"  # ffn_infer_rows.py: one FFN's inference paths by frame count
@@ -379,7 +380,11 @@ def generate(results_dir):
         out.append(
             "Dense: median ms of the encoder forward / forward + greedy CTC; the others: ratios to dense "
             "(`*_loop`: experts forced onto the per-slice loop, CPU inference before the padded path). "
-            "`pad waste`: the padded path's `E * largest slice / frames` (1 = even routing).\n"
+            "`pad waste`: the padded path's `E * largest slice / frames` (1 = even routing)."
+            + (" `duo_*`: the Duo Conformer with every frame of each slot on the path its policy fixes "
+               "(`big`, `small`, `static_` one letter per slot: B big, S small, K skip); `Duo compute`: its FFN "
+               "compute relative to all-big." if any(k.startswith("duo_") for k in run["cases"][0]["variants"])
+               else "") + "\n"
         )
         out.append(infer_table(run["cases"]))
     run = load(results_dir, PARTS_RUN)

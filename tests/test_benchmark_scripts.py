@@ -700,6 +700,35 @@ def test_encoder_infer_times_a_subset_of_encoders(tmp_path):
             encoder_infer.main(tiny + bad)
 
 
+def test_encoder_infer_times_duo_policies(tmp_path):
+    """encoder_infer.py --duo-config: one variant per fixed Duo policy, each with the FFN compute
+    its policy implies (big 1, small h_s / h, a static pattern the mean of its letters' costs);
+    an unknown policy, a bad letter and a pattern of the wrong length are refused."""
+    import encoder_infer
+    import yaml
+
+    duo_config = "conf/tiny/train_asr_duo_conformer.yaml"
+    conf = yaml.safe_load((REPO / duo_config).read_text())["encoder_conf"]
+    small = conf["duo_small_units"] / conf["linear_units"]
+    slots = 2 * conf["num_blocks"]  # macaron FFN and FFN of each block
+    pattern = "BSK" + "B" * (slots - 3)
+    out = tmp_path / "encoder_infer.json"
+    tiny = [f"--{k}-config={v}" for k, v in TINY.items()]
+    args = tiny + ["--encoders", "dense,omni", "--duo-config", duo_config, "--cases", "1x0.5", "--warmup", "0",
+                   "--repeats", "1", "--out", str(out)]
+    encoder_infer.main(args + ["--duo-policies", f"big,small,static:{pattern}"])
+    (case,) = json.loads(out.read_text())["cases"]
+    variants = case["variants"]
+    assert set(variants) == {"dense", "omni", "omni_loop", "duo_big", "duo_small", f"duo_static_{pattern}"}
+    assert variants["duo_big"]["duo_compute"] == pytest.approx(1.0)
+    assert variants["duo_small"]["duo_compute"] == pytest.approx(small)
+    assert variants[f"duo_static_{pattern}"]["duo_compute"] == pytest.approx((slots - 2 + small) / slots)
+    assert "pad_waste" not in variants["duo_big"] and "pad_waste" in variants["omni"]
+    for bad in ("medium", "static:BX" + "B" * (slots - 2), "static:" + "B" * (slots + 1)):
+        with pytest.raises(SystemExit):
+            encoder_infer.main(args + ["--duo-policies", bad])
+
+
 def torch_log_probs(best, vocab=4):
     """Log-probabilities whose argmax is ``best`` (``[B][T]`` token ids)."""
     import torch
