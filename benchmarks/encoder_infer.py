@@ -210,6 +210,8 @@ def main(argv=None):
             except ValueError as e:
                 parser.error(f"--duo-policies: {e}")
         duo = {f"duo_{c.tag()}": c for c in args.duo_policies}
+        if len(duo) != len(args.duo_policies):
+            parser.error(f"--duo-policies: a policy is given twice: {[c.tag() for c in args.duo_policies]}")
     stream = speech_stream(args.audio) if args.audio else None
     impls = [i for i in args.impls.split(",") if i]
     moe = [k for k in encoders if hasattr(encoders[k], "moe_ffns")]

@@ -703,7 +703,7 @@ def test_encoder_infer_times_a_subset_of_encoders(tmp_path):
 def test_encoder_infer_times_duo_policies(tmp_path):
     """encoder_infer.py --duo-config: one variant per fixed Duo policy, each with the FFN compute
     its policy implies (big 1, small h_s / h, a static pattern the mean of its letters' costs);
-    an unknown policy, a bad letter and a pattern of the wrong length are refused."""
+    an unknown policy, a bad letter, a pattern of the wrong length and a repeated policy are refused."""
     import encoder_infer
     import yaml
 
@@ -724,7 +724,7 @@ def test_encoder_infer_times_duo_policies(tmp_path):
     assert variants["duo_small"]["duo_compute"] == pytest.approx(small)
     assert variants[f"duo_static_{pattern}"]["duo_compute"] == pytest.approx((slots - 2 + small) / slots)
     assert "pad_waste" not in variants["duo_big"] and "pad_waste" in variants["omni"]
-    for bad in ("medium", "static:BX" + "B" * (slots - 2), "static:" + "B" * (slots + 1)):
+    for bad in ("medium", "static:BX" + "B" * (slots - 2), "static:" + "B" * (slots + 1), "big,small,big"):
         with pytest.raises(SystemExit):
             encoder_infer.main(args + ["--duo-policies", bad])
 
