@@ -46,7 +46,7 @@ import _bench  # noqa: E402
 from _tables import infer_table  # noqa: E402
 from encoder_step import DEFAULT_CONFIGS, load_encoder  # noqa: E402
 
-from espnet_omnirouter.inference.duo import DuoDecodeConfig, apply_duo_policy, slot_policies  # noqa: E402
+from espnet_omnirouter.inference.duo import DuoDecodeConfig, slot_policies  # noqa: E402
 from espnet_omnirouter.moe.duo import duo_stats  # noqa: E402
 
 
@@ -197,7 +197,7 @@ def main(argv=None):
         name, conf, enc = load_encoder(path, args.feat_dim)
         encoders[key] = enc.to(device).eval()
         configs[key] = dict(config=path, encoder=name, encoder_conf=conf)
-    duo = {}  # variant name -> DuoDecodeConfig
+    duo = {}  # variant name -> its policy per Duo slot
     if args.duo_config:
         name, conf, enc = load_encoder(args.duo_config, args.feat_dim)
         if not hasattr(enc, "set_duo_policies"):
@@ -206,10 +206,9 @@ def main(argv=None):
         configs["duo"] = dict(config=args.duo_config, encoder=name, encoder_conf=conf)
         for c in args.duo_policies:
             try:
-                slot_policies(enc, c)
+                duo[f"duo_{c.tag()}"] = slot_policies(enc, c)
             except ValueError as e:
                 parser.error(f"--duo-policies: {e}")
-        duo = {f"duo_{c.tag()}": c for c in args.duo_policies}
         if len(duo) != len(args.duo_policies):
             parser.error(f"--duo-policies: a policy is given twice: {[c.tag() for c in args.duo_policies]}")
     stream = speech_stream(args.audio) if args.audio else None
@@ -233,7 +232,7 @@ def main(argv=None):
 
     def set_policy(enc, name):
         if name in duo:
-            apply_duo_policy(enc, duo[name])
+            enc.set_duo_policies(duo[name])
 
     def make_steps(xs, ilens):
         steps = {}
@@ -277,15 +276,15 @@ def main(argv=None):
             for step in ("forward", "greedy"):
                 ts = times[f"{name}/{step}"]
                 r[step] = dict(times_s=ts, median_s=_bench.median(ts))
-            if key in moe:
+            if key != "dense":  # what the last forward's routing records
                 out = steps[f"{name}/forward"]()[0]
-                r["pad_waste"] = pad_waste(encoders[key])
-                if impl is not None:  # same function as the automatic choice
-                    r["max_abs_diff_vs_auto"] = float((out - steps[f"{key}/forward"]()[0]).abs().max())
-            if name in duo:  # the FFN compute of that policy, relative to all-big
-                steps[f"{name}/forward"]()
                 enc = encoders[key]
-                r["duo_compute"] = float(duo_stats(enc.duo_records(), enc.duo_costs())["duo_compute"])
+                if key in moe:
+                    r["pad_waste"] = pad_waste(enc)
+                    if impl is not None:  # same function as the automatic choice
+                        r["max_abs_diff_vs_auto"] = float((out - steps[f"{key}/forward"]()[0]).abs().max())
+                else:  # Duo: the FFN compute of that policy, relative to all-big
+                    r["duo_compute"] = float(duo_stats(enc.duo_records(), enc.duo_costs())["duo_compute"])
             case["variants"][name] = dict(r, encoder=key, impl=impl or "auto")
         out, _, _ = steps["dense/forward"]()
         case["encoder_frames"] = out.shape[1]
