@@ -111,7 +111,7 @@ def test_misspelt_espnet_key_and_unknown_key_are_both_named():
 @pytest.mark.parametrize("cls", [SwitchTransformerEncoder, OmniRouterTransformerEncoder], ids=lambda c: c.__name__)
 @pytest.mark.parametrize("value", [True, False])
 def test_moe_macaron_on_a_transformer_is_rejected(cls, value):
-    with pytest.raises(ValueError, match=r"encoder_conf\.moe_macaron is for \*_conformer encoders: .* no macaron FFN"):
+    with pytest.raises(ValueError, match=r"encoder_conf\.moe_macaron is for encoders with a macaron FFN \(\*_conformer, \*_e_branchformer\): .* no macaron FFN"):
         cls(20, **dict(SMALL, num_experts=4, moe_macaron=value))
 
 

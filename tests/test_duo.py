@@ -379,7 +379,7 @@ def test_encoder_errors_name_the_key(kwargs, message):
 
 
 def test_duo_macaron_on_a_transformer_is_rejected():
-    with pytest.raises(ValueError, match=r"encoder_conf\.duo_macaron is for duo_conformer"):
+    with pytest.raises(ValueError, match=r"encoder_conf\.duo_macaron is for encoders with a macaron FFN \(duo_conformer, duo_e_branchformer\)"):
         DuoTransformerEncoder(20, **dict(SMALL, duo_macaron=True))
 
 

@@ -1,4 +1,4 @@
-"""Duo encoders: ESPnet Conformer/Transformer whose FFN slots choose big, small or skip per frame.
+"""Duo encoders: ESPnet Conformer/Transformer/E-Branchformer whose FFN slots choose big, small or skip per frame.
 
 Each selected ``PositionwiseFeedForward`` becomes a :class:`~espnet_omnirouter.moe.duo.DuoFeedForward`
 with three paths: big (the encoder's own FFN, ``linear_units``), small (``duo_small_units``)
@@ -12,7 +12,7 @@ import torch
 from espnet.nets.pytorch_backend.transformer.positionwise_feed_forward import PositionwiseFeedForward
 
 from espnet_omnirouter.config_check import check_known_keys, typechecked_conf
-from espnet_omnirouter.encoders.moe_encoder import FFNSlotsMixin
+from espnet_omnirouter.encoders.moe_encoder import FFNSlotsMixin, espnet_base, macaron_key
 from espnet_omnirouter.moe import PATHS, DuoFeedForward, DuoPolicy, LayerRouting, PathExperts, Router
 from espnet_omnirouter.signature import publish_signature
 
@@ -36,7 +36,8 @@ class DuoEncoderMixin(FFNSlotsMixin):
     Duo keys (every other key goes to the ESPnet encoder):
         duo_small_units: hidden width of the small path (None: ``linear_units // 16``, Duo-LLM's).
         duo_layers: 0-based block indices whose FFNs become Duo slots (None = every block).
-        duo_macaron: Conformer only: also the macaron FFNs (None: where the blocks have one).
+        duo_macaron: Conformer/E-Branchformer only: also the macaron FFNs (None: where the
+            blocks have one).
         duo_router: "slot" (one router per slot) or "shared" (one router for all slots).
         duo_routing: how training routes: "random" (stage 1: each frame's path drawn from
             ``duo_train_probs``; the routers are frozen) or "learned" (stage 2: the routers,
@@ -61,7 +62,8 @@ class DuoEncoderMixin(FFNSlotsMixin):
         published = inspect.signature(type(self)).parameters
         if duo_macaron is not None and "duo_macaron" not in published:
             raise ValueError(
-                f"encoder_conf.duo_macaron is for duo_conformer: a {type(self).__name__} block has no macaron FFN"
+                f"encoder_conf.duo_macaron is for encoders with a macaron FFN (duo_conformer, duo_e_branchformer): "
+                f"a {type(self).__name__} block has none"
             )
         check_known_keys("encoder_conf", type(self), encoder_kwargs)
         if duo_router not in ROUTER_OWNERS:
@@ -74,6 +76,7 @@ class DuoEncoderMixin(FFNSlotsMixin):
             raise ValueError("encoder_conf.duo_train_probs is for duo_routing: random (remove it for learned routing)")
         if not 0.0 <= router_jitter < 1.0:
             raise ValueError(f"encoder_conf.router_jitter must be in [0, 1), got {router_jitter}")
+        self.check_family_conf(encoder_kwargs)
         super().__init__(input_size, **encoder_kwargs)
 
         names = self._ffn_names(duo_layers, duo_macaron, "duo_layers", "duo_macaron")
@@ -142,10 +145,10 @@ class DuoEncoderMixin(FFNSlotsMixin):
 
 def duo_signature(cls):
     """Class decorator: publish ``input_size``, the Duo keys, then the ESPnet encoder's keys."""
-    base = next(c for c in cls.__mro__[1:] if not issubclass(c, FFNSlotsMixin))
+    base = espnet_base(cls)
     mixin = inspect.signature(DuoEncoderMixin.__init__).parameters
     skip = {"self", "input_size", "encoder_kwargs"}
-    if "macaron_style" not in inspect.signature(base.__init__).parameters:
+    if macaron_key(base) is None:
         skip.add("duo_macaron")
     own = [p for n, p in mixin.items() if n not in skip]
     publish_signature(cls, base, own, leading=[mixin["input_size"]])

@@ -1,4 +1,8 @@
-"""Turn an ESPnet Conformer/Transformer encoder's feed-forward modules into MoE FFNs.
+"""Turn an ESPnet encoder's feed-forward modules into MoE FFNs.
+
+Families: Conformer, Transformer, E-Branchformer and the contextual-block (streaming)
+Conformer/Transformer; their blocks keep the FFNs in ``feed_forward`` and
+``feed_forward_macaron``.
 
 The base encoder is built exactly as ESPnet builds it; afterwards each selected
 ``PositionwiseFeedForward`` is replaced by a :class:`MoEFeedForward` whose experts keep its
@@ -26,9 +30,22 @@ native.register_activation(Swish, "silu")
 # FFN attributes of ESPnet's EncoderLayer, in the order the layer runs them.
 _MACARON_FFN = "feed_forward_macaron"
 _FFN = "feed_forward"
+# The ESPnet key that gives a family's blocks their macaron FFN (Conformer, E-Branchformer).
+_MACARON_KEYS = ("macaron_style", "macaron_ffn")
 
 
-class _PaddingHook:
+def macaron_key(base: type) -> Optional[str]:
+    """The key of ESPnet encoder class ``base`` that adds the macaron FFN (None: it has none)."""
+    params = inspect.signature(base.__init__).parameters
+    return next((k for k in _MACARON_KEYS if k in params), None)
+
+
+def espnet_base(cls: type) -> type:
+    """The ESPnet encoder class that our encoder class ``cls`` extends."""
+    return next(c for c in cls.__mro__[1:] if not issubclass(c, FFNSlotsMixin))
+
+
+class PaddingHook:
     """Forward pre-hook of the encoder blocks: hand the block's padding to its MoE FFNs.
 
     ESPnet's EncoderLayer is called as ``layer(x, mask)`` with mask ``[B, 1, T]`` (or
@@ -46,17 +63,19 @@ class _PaddingHook:
         self.mask, self.padding = None, None
 
     def __call__(self, block: torch.nn.Module, args) -> None:
-        mask = args[1]
-        if mask is None:
-            padding = None
-        elif mask is self.mask:
-            padding = self.padding
-        else:
-            padding = Padding.from_mask(mask.any(dim=1))
-            self.mask, self.padding = mask, padding
+        padding = self.padding_for(args)
         for module in block.children():
             if isinstance(module, MoEFeedForward):
                 module.pad_mask = padding
+
+    def padding_for(self, args) -> Optional[Padding]:
+        """The padding of a block called with ``args`` (None: every frame is real)."""
+        mask = args[1]
+        if mask is None:
+            return None
+        if mask is not self.mask:
+            self.mask, self.padding = mask, Padding.from_mask(mask.any(dim=1))
+        return self.padding
 
 
 def _clear_pad_mask(block: torch.nn.Module, args, output) -> None:
@@ -69,11 +88,21 @@ class FFNSlotsMixin:
     """What the MoE and Duo encoder mixins share: find the FFNs of the blocks, replace them,
     hand the padding to the replacements, and reset their records before each forward.
 
-    A subclass sets ``self.slot_names`` (via :meth:`_replace_ffns`)."""
+    A subclass sets ``self.slot_names`` (via :meth:`_replace_ffns`).  A family whose blocks
+    are called differently overrides :meth:`_make_padding_hook`, and one that refuses some
+    of ESPnet's or our keys overrides :meth:`check_family_conf`."""
 
     slot_names: List[str]
 
-    def _ffn_names(self, layers: Optional[List[int]], macaron: Optional[bool], layers_key: str, macaron_key: str):
+    @classmethod
+    def check_family_conf(cls, conf: dict) -> None:
+        """Raise ``ValueError`` naming the key when ``conf`` (the ``encoder_conf`` keys given,
+        ours and ESPnet's) cannot work for this family; called before anything is built."""
+
+    def _make_padding_hook(self) -> "PaddingHook":
+        return PaddingHook()
+
+    def _ffn_names(self, layers: Optional[List[int]], macaron: Optional[bool], layers_key: str, macaron_name: str):
         """Qualified names of the FFNs of blocks ``layers`` (None: all), in execution order;
         ``macaron``: False = second FFN only, None/True = the macaron FFN too where there is one."""
         blocks = list(self.encoders)
@@ -86,8 +115,8 @@ class FFNSlotsMixin:
             )
         if macaron and getattr(blocks[0], _MACARON_FFN, None) is None:
             raise ValueError(
-                f"encoder_conf.{macaron_key}: true needs macaron_style: true (without it the blocks have "
-                "no macaron FFN to convert)"
+                f"encoder_conf.{macaron_name}: true needs {macaron_key(espnet_base(type(self)))}: true (without it the "
+                "blocks have no macaron FFN to convert)"
             )
         names = []
         for i in sorted(layers):
@@ -111,7 +140,7 @@ class FFNSlotsMixin:
                 )
             setattr(block, attr, make(j, ffn))
         blocks = list(self.encoders)
-        self._padding_hook = _PaddingHook()
+        self._padding_hook = self._make_padding_hook()
         for i in sorted(set(int(n.split(".")[1]) for n in names)):
             blocks[i].register_forward_pre_hook(self._padding_hook)
             blocks[i].register_forward_hook(_clear_pad_mask)
@@ -139,11 +168,12 @@ class MoEEncoderMixin(FFNSlotsMixin):
         top_k: experts per frame (1 = Switch routing).
         router_jitter: multiplicative router-input jitter at training time (0 = off).
         capacity_factor: None = dropless (default); else expert capacity at training time.
-        moe_macaron: Conformer only: also convert the macaron FFN of the blocks (None, the
-            default: when the blocks have one, i.e. with ``macaron_style: true``).
+        moe_macaron: families with a macaron FFN (Conformer, E-Branchformer) only: also
+            convert it (None, the default: when the blocks have one, i.e. with
+            ``macaron_style: true`` / ``macaron_ffn: true``).
         router_groups: Omni-router only: number of routers shared by consecutive groups of
             MoE FFNs (1 = one router for all, the paper's Omni-router).
-        router_per_ffn_position: Omni-router Conformer only: one shared router per FFN
+        router_per_ffn_position: Omni-router Conformer/E-Branchformer only: one shared router per FFN
             position instead: one for all macaron FFNs, one for all second FFNs.
 
     Every key is type-checked (:mod:`espnet_omnirouter.config_check`: the error names
@@ -170,7 +200,8 @@ class MoEEncoderMixin(FFNSlotsMixin):
         published = inspect.signature(type(self)).parameters
         if router_per_ffn_position is not None and "router_per_ffn_position" not in published:
             raise ValueError(
-                "encoder_conf.router_per_ffn_position is for omni_router_conformer (a block with two FFNs); "
+                "encoder_conf.router_per_ffn_position is for omni_router_conformer and omni_router_e_branchformer "
+                "(blocks with two FFNs); "
                 f"{type(self).__name__} does not take it"
             )
         if router_per_ffn_position and router_groups not in (None, 1):
@@ -184,8 +215,8 @@ class MoEEncoderMixin(FFNSlotsMixin):
             )
         if moe_macaron is not None and "moe_macaron" not in published:
             raise ValueError(
-                f"encoder_conf.moe_macaron is for *_conformer encoders: a {type(self).__name__} block "
-                "has no macaron FFN (remove the key)"
+                "encoder_conf.moe_macaron is for encoders with a macaron FFN (*_conformer, *_e_branchformer): "
+                f"a {type(self).__name__} block has no macaron FFN (remove the key)"
             )
         check_known_keys("encoder_conf", type(self), encoder_kwargs)
         if num_experts < 1:
@@ -196,6 +227,7 @@ class MoEEncoderMixin(FFNSlotsMixin):
             raise ValueError(f"encoder_conf.capacity_factor must be > 0 or null, got {capacity_factor}")
         if not 0.0 <= router_jitter < 1.0:
             raise ValueError(f"encoder_conf.router_jitter must be in [0, 1), got {router_jitter}")
+        self.check_family_conf(dict(encoder_kwargs, capacity_factor=capacity_factor))
         super().__init__(input_size, **encoder_kwargs)
 
         names = self._ffn_names(moe_layers, moe_macaron, "moe_layers", "moe_macaron")
@@ -243,12 +275,12 @@ class MoEEncoderMixin(FFNSlotsMixin):
 def moe_signature(cls):
     """Class decorator: publish ``input_size``, the MoE keys, then every keyword of the
     ESPnet base encoder, so that ``--print_config`` lists them all."""
-    base = next(c for c in cls.__mro__[1:] if not issubclass(c, FFNSlotsMixin))
+    base = espnet_base(cls)
     mixin = inspect.signature(MoEEncoderMixin.__init__).parameters
     skip = {"self", "input_size", "encoder_kwargs"}
     if not cls.shared_router:
         skip |= {"router_groups", "router_per_ffn_position"}
-    if "macaron_style" not in inspect.signature(base.__init__).parameters:
+    if macaron_key(base) is None:
         skip |= {"moe_macaron", "router_per_ffn_position"}
     defaults = {"router_groups": 1, "router_per_ffn_position": False}
     own = [

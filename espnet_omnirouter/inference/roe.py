@@ -123,6 +123,11 @@ class RoEEncoder:
             raise ValueError(f"RoE needs an MoE encoder, got {type(encoder).__name__}")
         if getattr(encoder, "interctc_use_conditioning", False) or getattr(encoder, "ctc_trim", False):
             raise ValueError("RoE does not support interctc_use_conditioning or ctc_trim encoders")
+        if hasattr(encoder, "block_size"):
+            raise ValueError(
+                f"RoE does not support contextual-block (streaming) encoders ({type(encoder).__name__}): "
+                "it reruns the blocks on K copies of a whole utterance; decode with roe_samples: 1"
+            )
         self.encoder = encoder
         self.config = config
         ffns = encoder.moe_ffns()
@@ -174,7 +179,7 @@ class RoEEncoder:
                 x, mask = block(x, mask)
         if isinstance(x, tuple):
             x = x[0]
-        if self.encoder.normalize_before:
+        if getattr(self.encoder, "normalize_before", True):  # E-Branchformer: always
             x = self.encoder.after_norm(x)
         self.flip_rates = {i: sum(v) / len(v) for i, v in state.flips.items()}
         return x.view(k, -1, *x.shape[1:])

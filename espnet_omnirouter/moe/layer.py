@@ -26,15 +26,32 @@ class Padding:
         valid: ``[B, T]`` bool, True = real frame.
         rows: ``[N]`` int64, rows of the ``B * T`` flattened frames that are real, in
             row-major order; None when every frame is real.
+        record_rows: ``[M]`` int64, the routed frames (indices into the ``N`` real ones)
+            whose routing is recorded for losses and statistics; None: all ``N``.  Block
+            processing routes a frame in every block it is in and records it once.
+        record_valid: with ``record_rows``: the ``[B', T']`` bool frame mask that the ``M``
+            recorded rows follow in row-major order (what :class:`LayerRouting` keeps).
     """
 
     valid: torch.Tensor
     rows: Optional[torch.Tensor]
+    record_rows: Optional[torch.Tensor] = None
+    record_valid: Optional[torch.Tensor] = None
 
     @classmethod
     def from_mask(cls, valid: torch.Tensor) -> "Padding":
         rows = valid.reshape(-1).nonzero().squeeze(1)
         return cls(valid, None if rows.shape[0] == valid.numel() else rows)
+
+    @classmethod
+    def with_record(cls, valid: torch.Tensor, recorded: torch.Tensor, record_valid: torch.Tensor) -> "Padding":
+        """``valid`` frames routed, the subset ``recorded`` (same shape) recorded; the recorded
+        frames, in row-major order, are the True entries of ``record_valid``."""
+        padding = cls.from_mask(valid)
+        chosen = recorded.reshape(-1)[valid.reshape(-1)]
+        padding.record_rows = chosen.nonzero().squeeze(1)
+        padding.record_valid = record_valid
+        return padding
 
 
 @dataclass
@@ -138,6 +155,8 @@ class MoEFeedForward(nn.Module):
         frames = flat if index is None else flat.index_select(0, index)
         routing = self.route(frames, index, x.shape[:-1])
         out, dropped = self._dispatch(flat, index, routing)
+        if isinstance(mask, Padding) and mask.record_rows is not None:
+            routing, valid = routing.select(mask.record_rows), mask.record_valid
         self.last = LayerRouting(routing=routing, valid=valid, dropped=dropped)
         return out.view(x.shape)
 

@@ -31,6 +31,10 @@ class Routing:
     probs: torch.Tensor
     logits: torch.Tensor
 
+    def select(self, rows: torch.Tensor) -> "Routing":
+        """The routing of frames ``rows`` (``[M]`` int64 indices into the ``N``), graph kept."""
+        return Routing(*(t.index_select(0, rows) for t in (self.expert, self.gate, self.probs, self.logits)))
+
 
 # A selection-noise hook: maps float32 logits [N, E] to the scores whose top-k picks the
 # experts.  Used by RoE inference (Gumbel noise); gates still come from the clean softmax.
