@@ -522,6 +522,7 @@ TYPED_OPTIONS = [
     ("gpu_inference", "yes", "--gpu_inference must be true or false, got 'yes'"),
     ("dry_run", "1", "--dry_run must be true or false"),
     ("use_lm", "maybe", "--use_lm must be true or false"),
+    ("use_streaming", "yes", "--use_streaming must be true or false, got 'yes'"),
     ("fs", "16x", "--fs must be a positive whole sampling rate"),
     ("fs", "0", "--fs must be a positive whole sampling rate"),
     ("fs", "16000.5", "--fs must be a positive whole sampling rate"),
@@ -547,6 +548,14 @@ def test_wrong_typed_option_is_named(tmp_path, option, value, message):
     assert f"ERROR: {message}" in proc.stdout
 
 
+def test_streaming_needs_batch_size_one(tmp_path):
+    d = handmade_recipe(tmp_path, [])
+    proc = run(d, ["./asr.sh", "--python", PYTHON, "--stage", "0", "--stop_stage", "0",
+                   "--use_streaming", "true", "--batch_size", "2"], timeout=60)
+    assert proc.returncode == 2
+    assert "ERROR: --use_streaming true decodes one utterance at a time: --batch_size must be 1, got 2" in proc.stdout
+
+
 def test_duration_limits_must_be_ordered(tmp_path):
     d = handmade_recipe(tmp_path, [])
     proc = run(d, ["./asr.sh", "--python", PYTHON, "--stage", "0", "--stop_stage", "0",
@@ -570,3 +579,19 @@ def test_model_card_reads_null_moe_keys_as_their_defaults():
     assert "macaron FFNs included" not in card(macaron_style=True, moe_macaron=False)
     assert "macaron FFNs included" not in card(macaron_style=False)
     assert "share 1 router(s)" in card(router_groups=None) and "share 3 router(s)" in card(router_groups=3)
+
+
+def test_model_card_names_every_family():
+    sys.path.insert(0, str(TEMPLATE / "pyscripts"))
+    import make_model_card
+
+    def card(encoder, **conf):
+        return "\n".join(make_model_card.architecture({"encoder": encoder, "encoder_conf": conf}))
+
+    assert "Omni-router: all MoE FFNs share 1 router(s)" in card("omni_router_e_branchformer")
+    assert "macaron FFNs included" in card("omni_router_e_branchformer", use_ffn=True, macaron_ffn=True)
+    assert "Switch: every MoE FFN has its own router" in card("switch_contextual_block_conformer")
+    assert "streaming: blocks of 40 frames, hop 16, look-ahead 16" in card(
+        "omni_router_contextual_block_conformer", block_size=40, hop_size=16, look_ahead=16)
+    assert "dense (no Mixture of Experts)" in card("e_branchformer")
+    assert "Duo: each FFN slot takes a big, small or skip path per frame" in card("duo_e_branchformer")

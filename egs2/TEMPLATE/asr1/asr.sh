@@ -13,6 +13,7 @@
 #                                                             -> ${expdir}/lm_${lm_tag}/
 #                  the console shows one line per epoch (loss, accuracy, time left) from train.log
 #   6. decode      asr_inference over ${inference_nj} jobs    -> .../<decode_tag>/<test_set>/text, rtf.txt
+#                  (with --use_streaming true: asr_inference_streaming, chunk by chunk; decode tag _streaming)
 #                  (with --use_lm true: shallow fusion with that LM, weight lm_weight of the decode config)
 #   7. score       WER/CER with jiwer                         -> .../score_{wer,cer}/result.txt, RESULTS.md
 #   8. pack        espnet2.bin.pack asr                       -> ${expdir}/asr_${asr_tag}/asr_model.zip
@@ -88,6 +89,7 @@ inference_args=      # extra arguments for decoding, e.g. "--beam_size 5"
 inference_asr_model= # checkpoint in the exp dir (default: <first best_model_criterion>.ave.pth)
 inference_tag=       # decode dir name (default from config and model)
 batch_size=1         # decoding batch size
+use_streaming=false  # decode a contextual-block model chunk by chunk (asr_inference_streaming; batch 1)
 
 # Sharing and analysis
 hf_repo=             # Hugging Face repo id for stage 9 (empty: stage 9 is skipped)
@@ -100,7 +102,7 @@ _options=(stage stop_stage ngpu nj inference_nj gpu_inference dumpdir expdir pyt
     asr_config asr_tag asr_exp asr_stats_dir asr_args feats_normalize
     asr_speech_fold_length asr_text_fold_length
     use_lm lm_config lm_tag lm_exp lm_args
-    inference_config inference_args inference_asr_model inference_tag batch_size
+    inference_config inference_args inference_asr_model inference_tag batch_size use_streaming
     hf_repo dry_run analysis_max_utts)
 
 usage() {
@@ -201,7 +203,7 @@ if ! _is_number "${bpe_char_cover}" || awk -v c="${bpe_char_cover}" 'BEGIN { exi
     err "--bpe_char_cover must be a number in (0, 1], got '${bpe_char_cover}'"
     exit 2
 fi
-for _o in gpu_inference dry_run use_lm; do
+for _o in gpu_inference dry_run use_lm use_streaming; do
     case "${!_o}" in
         true | false) ;;
         *)
@@ -249,6 +251,10 @@ _needs() {  # option names that must be set for the selected stages $1..$2
 _needs 2 5 train_set valid_set
 _needs 4 5 asr_config
 _needs 6 7 test_sets
+if ${use_streaming} && [ "${batch_size}" -ne 1 ]; then
+    err "--use_streaming true decodes one utterance at a time: --batch_size must be 1, got ${batch_size}"
+    exit 2
+fi
 if ${use_lm} && [ -z "${lm_config}" ] && [ -z "${lm_exp}" ]; then
     err "--use_lm true needs --lm_config (to train the LM in stage 5) or --lm_exp (a trained LM)"
     exit 2
@@ -715,6 +721,9 @@ _resolve_model() {  # sets inference_asr_model and inference_tag (once)
             inference_tag+="_lm_$(basename "${lm_exp}" | sed -e 's/^lm_//')"
         fi
         inference_tag+="$(_args_tag "${inference_args}")"
+        if ${use_streaming}; then
+            inference_tag+="_streaming"
+        fi
     fi
 }
 
@@ -726,6 +735,8 @@ if _run_stage 6; then
     ${gpu_inference} && _ngpu_dec=1
     _conf_opts=()
     [ -n "${inference_config}" ] && _conf_opts=(--config "${inference_config}")
+    _decoder=espnet_omnirouter.bin.asr_inference
+    ${use_streaming} && _decoder=espnet_omnirouter.bin.asr_inference_streaming
     for _s in ${test_sets}; do
         _require_file "${data_feats}/${_s}/wav.scp" "run stage 2 first"
         _dir=${asr_exp}/${inference_tag}/${_s}
@@ -739,7 +750,7 @@ if _run_stage 6; then
         _t0=$(date +%s.%N)
         # shellcheck disable=SC2086
         run_parallel "decoding ${_s}" "${_logdir}/asr_inference.JOB.log" "${_nj}" \
-            "${python}" -m espnet_omnirouter.bin.asr_inference \
+            "${python}" -m "${_decoder}" \
             --batch_size "${batch_size}" --ngpu "${_ngpu_dec}" \
             --data_path_and_name_and_type "${data_feats}/${_s}/wav.scp,speech,sound" \
             --key_file "${_logdir}/keys.JOB.scp" \

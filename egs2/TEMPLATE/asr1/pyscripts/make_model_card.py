@@ -13,11 +13,11 @@ import zipfile
 
 import yaml
 
+# Router sharing by encoder-name prefix (every family: conformer, transformer, e_branchformer,
+# contextual_block_*).
 ROUTING = {
-    "omni_router_conformer": "Omni-router: all MoE FFNs share {groups} router(s)",
-    "omni_router_transformer": "Omni-router: all MoE FFNs share {groups} router(s)",
-    "switch_conformer": "Switch: every MoE FFN has its own router",
-    "switch_transformer": "Switch: every MoE FFN has its own router",
+    "omni_router_": "Omni-router: all MoE FFNs share {groups} router(s)",
+    "switch_": "Switch: every MoE FFN has its own router",
 }
 
 
@@ -35,15 +35,23 @@ def architecture(config: dict) -> list:
         f"- encoder: `{enc}`, {conf.get('num_blocks', '?')} blocks, d={conf.get('output_size', '?')}, "
         f"FFN {conf.get('linear_units', '?')}"
     ]
-    if enc in ROUTING:
+    routing = next((text for prefix, text in ROUTING.items() if enc.startswith(prefix)), None)
+    macaron = conf.get("macaron_style") or (conf.get("use_ffn") and conf.get("macaron_ffn"))
+    if routing is not None:
         lines += [
             f"- Mixture of Experts: {conf.get('num_experts', 8)} experts per MoE FFN, top-{conf.get('top_k', 1)} routing"
-            f"{', macaron FFNs included' if conf.get('moe_macaron') is not False and conf.get('macaron_style') else ''}",
-            f"- router sharing: {ROUTING[enc].format(groups=conf.get('router_groups') or 1)}",
+            f"{', macaron FFNs included' if conf.get('moe_macaron') is not False and macaron else ''}",
+            f"- router sharing: {routing.format(groups=conf.get('router_groups') or 1)}",
             f"- capacity factor: {conf.get('capacity_factor') or 'none (dropless)'}",
         ]
+    elif enc.startswith("duo_"):
+        lines.append("- Duo: each FFN slot takes a big, small or skip path per frame "
+                     f"(router: {conf.get('duo_router', 'slot')})")
     else:
         lines.append("- dense (no Mixture of Experts)")
+    if "contextual_block" in enc:
+        lines.append(f"- streaming: blocks of {conf.get('block_size', '?')} frames, hop {conf.get('hop_size', '?')}, "
+                     f"look-ahead {conf.get('look_ahead', '?')} (decode with asr_inference_streaming)")
     lines.append(f"- decoder: `{config.get('decoder')}`, model `{config.get('model', 'espnet')}`, "
                  f"CTC weight {config.get('model_conf', {}).get('ctc_weight', 0.5)}")
     return lines
