@@ -27,10 +27,12 @@ import _bench  # noqa: E402
 from _tables import encoder_table  # noqa: E402
 
 from espnet2.asr.encoder.conformer_encoder import ConformerEncoder  # noqa: E402
+from espnet2.asr.encoder.contextual_block_conformer_encoder import ContextualBlockConformerEncoder  # noqa: E402
 
 from espnet_omnirouter.encoders import (  # noqa: E402
     DuoConformerEncoder,
     OmniRouterConformerEncoder,
+    OmniRouterContextualBlockConformerEncoder,
     SwitchConformerEncoder,
 )
 from espnet_omnirouter.moe import moe_aux_losses  # noqa: E402
@@ -41,6 +43,8 @@ CLASSES = {
     "switch_conformer": SwitchConformerEncoder,
     "omni_router_conformer": OmniRouterConformerEncoder,
     "duo_conformer": DuoConformerEncoder,  # encoder_infer.py --duo-config
+    "contextual_block_conformer": ContextualBlockConformerEncoder,  # streaming_block.py
+    "omni_router_contextual_block_conformer": OmniRouterContextualBlockConformerEncoder,
 }
 DEFAULT_CONFIGS = {
     "dense": "conf/train_asr_conformer.yaml",

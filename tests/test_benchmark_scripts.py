@@ -951,3 +951,30 @@ def test_ffn_infer_rows_times_every_path_and_its_readme_table(tmp_path):
     for bad in (["--impls", "native"], ["--impls", "loop,fast"], ["--dims", "16by32"]):
         with pytest.raises(SystemExit):
             ffn_infer_rows.main(bad)
+
+
+def test_streaming_block_times_one_block_per_call(tmp_path):
+    """streaming_block.py on the tiny streaming config (and its dense twin): each timed call
+    emits one hop of encoder frames, the Omni encoder records exactly those, and the report
+    says the worst run."""
+    import yaml
+
+    import streaming_block
+
+    tiny = REPO / "conf" / "tiny" / "train_asr_omni_router_contextual_block_conformer.yaml"
+    conf = yaml.safe_load(tiny.read_text())
+    conf["encoder"] = "contextual_block_conformer"
+    conf["encoder_conf"] = {k: v for k, v in conf["encoder_conf"].items() if k not in ("num_experts", "router_groups")}
+    dense = tmp_path / "dense.yaml"
+    dense.write_text(yaml.safe_dump(conf))
+    out = tmp_path / "streaming_block.json"
+    streaming_block.main([f"--dense-config={dense}", f"--omni-config={tiny}", "--runs", "2", "--warmup", "0",
+                          "--repeats", "1", "--context-seconds", "1", "--out", str(out)])
+    run = json.loads(out.read_text())
+    hop = conf["encoder_conf"]["hop_size"]
+    assert run["config"]["chunk_frames"] == 4 * hop
+    assert run["first_call"]["dense"]["output_frames"] == hop
+    assert run["first_call"]["omni"]["recorded_rows"] == [hop] * 4  # 2 blocks x (macaron, second FFN)
+    assert len(run["runs"]) == 2 and run["worst_ratio"] == max(r["ratio"] for r in run["runs"])
+    report = (tmp_path / "streaming_block.md").read_text()
+    assert f"Worst of 2 runs: Omni {run['worst_ratio']:.3f}x dense per block" in report
