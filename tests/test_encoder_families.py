@@ -263,11 +263,12 @@ def stream(enc, x, chunk, counts=None):
 
 
 @pytest.mark.parametrize("cls, dense_cls", BLOCK_ENCODERS)
-@pytest.mark.parametrize("frames", [57, 111, 150])
-def test_streaming_equals_full_utterance_and_records_each_frame_once(cls, dense_cls, frames):
+@pytest.mark.parametrize("frames, chunk", [(57, 24), (111, 24), (150, 24), (150, 1000)])
+def test_streaming_equals_full_utterance_and_records_each_frame_once(cls, dense_cls, frames, chunk):
     """Chunk-by-chunk streaming gives the full-utterance (block-processed) output at any
     length, with 4 experts and a sharp router, and each call records exactly the frames it
-    emits (padding, context slots, past and look-ahead copies are not recorded)."""
+    emits (padding, context slots, past and look-ahead copies are not recorded); chunk 1000:
+    the whole utterance in one call, first and final at once."""
     torch.manual_seed(1)
     enc = cls(20, num_experts=4, **BLOCK).eval()
     for router in {id(m.router): m.router for m in enc.moe_ffns()}.values():
@@ -277,7 +278,7 @@ def test_streaming_equals_full_utterance_and_records_each_frame_once(cls, dense_
     with torch.no_grad():
         full, olens, _ = enc(x, torch.tensor([frames]))
         assert all(r.routing.expert.shape[0] == int(olens[0]) for r in enc.moe_records())
-        streamed = stream(enc, x, 24, counts)
+        streamed = stream(enc, x, chunk, counts)
     torch.testing.assert_close(streamed, full, atol=1e-5, rtol=1e-5)
     assert all(all(c == emitted for c in per_ffn) for emitted, per_ffn in counts)
     assert sum(e for e, _ in counts) == full.shape[1]

@@ -95,8 +95,9 @@ class BlockPaddingHook(PaddingHook):
     """The padding of a contextual-block encoder's forward, built once when its block stack
     (``encoder.encoders``) is called and handed to every block's MoE FFNs.
 
-    The encoder's forward sets :attr:`lengths` (its ``ilens``; replaced by the subsampled
-    lengths when the input layer returns a mask) and :attr:`final` (``is_final``).
+    The encoder's ``forward_train`` sets :attr:`lengths` (its ``ilens``; replaced by the
+    subsampled lengths when the input layer returns a mask), ``forward_infer`` :attr:`final`
+    (``is_final``).
     """
 
     def __init__(self, block_size: int, hop_size: int, look_ahead: int):
@@ -172,10 +173,15 @@ class _ContextualBlockFFNs(FFNSlotsMixin):
         self.embed.register_forward_hook(hook.subsampled)
         return hook
 
-    def forward(self, xs_pad, ilens, prev_states=None, is_final=True, infer_mode=False):
-        """ESPnet's forward (``infer_mode``: streaming, see the module docstring)."""
-        self._padding_hook.lengths, self._padding_hook.final = ilens, is_final
-        return super().forward(xs_pad, ilens, prev_states, is_final, infer_mode)
+    def forward_train(self, xs_pad, ilens, prev_states=None):
+        """ESPnet's block processing of whole utterances (training, validation, decoding)."""
+        self._padding_hook.lengths = ilens
+        return super().forward_train(xs_pad, ilens, prev_states)
+
+    def forward_infer(self, xs_pad, ilens, prev_states=None, is_final=True):
+        """ESPnet's streaming call (batch 1), see the module docstring."""
+        self._padding_hook.final = is_final
+        return super().forward_infer(xs_pad, ilens, prev_states, is_final)
 
 
 @moe_signature
