@@ -360,3 +360,14 @@ def test_roe_refuses_a_streaming_encoder():
     enc = OmniRouterContextualBlockConformerEncoder(20, num_experts=4, **dict(BLOCK, num_blocks=3))
     with pytest.raises(ValueError, match=r"RoE does not support contextual-block \(streaming\) encoders"):
         RoEEncoder(enc, RoEConfig(samples=2))
+
+
+def test_routing_analysis_splits_a_streaming_encoders_records_per_utterance():
+    from espnet_omnirouter.analysis.record import split_routing
+
+    torch.manual_seed(0)
+    enc = OmniRouterContextualBlockConformerEncoder(20, num_experts=4, **BLOCK).eval()
+    with torch.no_grad():
+        _, olens, _ = enc(torch.randn(2, 120, 20), torch.tensor([120, 70]))
+    per_utt = split_routing(enc.moe_records())
+    assert [a.shape for a in per_utt] == [(int(n), len(enc.moe_ffns())) for n in olens]
