@@ -33,7 +33,11 @@ print(json.dumps({"encoders": sorted(k for k in asr.encoder_choices.classes if k
                   "models": sorted(asr.model_choices.classes), "package": getattr(ours, "__file__", None)}))
 """
 REAL_REGISTER = hook.register  # before any test replaces it
-ENCODERS = ["omni_router_conformer", "omni_router_transformer", "switch_conformer", "switch_transformer"]
+ENCODERS = sorted(
+    f"{kind}_{family}" for kind in ("switch", "omni_router")
+    for family in ("conformer", "transformer", "e_branchformer", "contextual_block_conformer",
+                   "contextual_block_transformer")
+)
 
 
 def python_json(python, script, cwd, **env):
