@@ -317,6 +317,7 @@ def test_padding_never_reaches_the_router_in_block_processing():
         (dict(hop_size=7), r"hop_size \+ look_ahead <= block_size, got hop_size 7, look_ahead 2"),
         (dict(hop_size=0), r"hop_size >= 1"),
         (dict(block_size=-1), r"encoder_conf\.block_size must be >= 0"),
+        (dict(block_size=-4, hop_size=None), r"encoder_conf\.block_size must be >= 0"),
         (dict(capacity_factor=1.25), r"encoder_conf\.capacity_factor must be null"),
     ],
 )
@@ -371,3 +372,38 @@ def test_routing_analysis_splits_a_streaming_encoders_records_per_utterance():
         _, olens, _ = enc(torch.randn(2, 120, 20), torch.tensor([120, 70]))
     per_utt = split_routing(enc.moe_records())
     assert [a.shape for a in per_utt] == [(int(n), len(enc.moe_ffns())) for n in olens]
+
+
+def test_block_transformer_without_input_layer_routes_the_input_frames():
+    """input_layer null: ESPnet's Transformer has no input layer (no subsampling), ours neither."""
+    enc = OmniRouterContextualBlockTransformerEncoder(16, **MOE, **dict(BLOCK, input_layer=None)).eval()
+    assert enc.embed is None
+    with torch.no_grad():
+        y, olens, _ = enc(torch.randn(2, 30, 16), torch.tensor([30, 19]))
+    assert y.shape == (2, 30, 16) and all(r.routing.expert.shape[0] == 49 for r in enc.moe_records())
+
+
+def test_timed_streaming_decoder_starts_a_new_utterance_after_a_failed_final_call(monkeypatch, caplog):
+    """The RTF markers pair each utterance's first chunk with its own result, also after an
+    utterance whose final call raised (ESPnet's loop skips a too-short utterance and goes on)."""
+    import logging
+
+    from espnet2.bin.asr_inference_streaming import Speech2TextStreaming
+
+    from espnet_omnirouter.inference.streaming import TimedSpeech2TextStreaming
+
+    results = iter([RuntimeError("too short"), [("A B", [], [], None)]])
+
+    def decode(self, speech, is_final=True):
+        result = next(results)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    monkeypatch.setattr(Speech2TextStreaming, "__call__", decode)
+    s2t = object.__new__(TimedSpeech2TextStreaming)
+    with caplog.at_level(logging.INFO):
+        with pytest.raises(RuntimeError):
+            s2t([0.0] * 10)
+        assert s2t([0.0] * 10)[0][0] == "A B"
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["speech length", "speech length", "best hypo"]

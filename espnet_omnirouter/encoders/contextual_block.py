@@ -13,10 +13,12 @@ blocks: as past context, emitted, or as look-ahead.
 How the MoE FFNs see that:
 
 * Routed: every position the dense encoder computes from real input, in every block it is
-  in (context slots included), since later layers of the block attend to its output; with one
-  expert the encoder is ESPnet's.  Positions past an utterance's end (the padding of a
-  batch, the empty tail of the last block) are not routed and get 0, as padded frames
-  elsewhere.  The choice of a position depends on that position only: nothing is carried
+  in (context slots included), since later layers of the block attend to its output.
+  Positions past an utterance's end (the padding of a batch, the empty tail of the last
+  block) are not routed and get 0, as padded frames elsewhere.  So with one expert the
+  encoder is ESPnet's wherever no block holds such positions; ESPnet's block mask does not
+  hide them, so elsewhere the real frames of those blocks see 0 where the dense encoder
+  computes an FFN output (training and streaming decoding treat them alike).  The choice of a position depends on that position only: nothing is carried
   across blocks or streaming calls beyond what ESPnet's encoder carries.
 * Recorded (losses, statistics, routing analysis): each frame once, at its emitting block,
   as a ``[B, T]`` frame sequence; context slots, past context and look-ahead copies are not.
@@ -151,14 +153,14 @@ class _ContextualBlockFFNs(FFNSlotsMixin):
                 "ESPnet's streaming decoder reads them from the training config (0 = no block processing)"
             )
         block = conf["block_size"]
+        if block < 0:
+            raise ValueError(f"encoder_conf.block_size must be >= 0 (0 = no block processing), got {block}")
         missing = [k for k in STREAMING_KEYS[1:] if k not in conf]
         if block and missing:
             raise ValueError(
                 f"encoder_conf.{missing[0]} must be set for {cls.__name__} with block_size: {block} "
                 "(ESPnet's streaming decoder reads block_size, hop_size and look_ahead from the training config)"
             )
-        if block < 0:
-            raise ValueError(f"encoder_conf.block_size must be >= 0 (0 = no block processing), got {block}")
         if block:
             hop, ahead = conf["hop_size"], conf["look_ahead"]
             if not (hop >= 1 and ahead >= 0 and hop + ahead <= block):
@@ -170,7 +172,8 @@ class _ContextualBlockFFNs(FFNSlotsMixin):
     def _make_padding_hook(self) -> BlockPaddingHook:
         hook = BlockPaddingHook(self.block_size, self.hop_size, self.look_ahead)
         self.encoders.register_forward_pre_hook(hook.begin)
-        self.embed.register_forward_hook(hook.subsampled)
+        if self.embed is not None:  # None: input_layer null in the Transformer (no subsampling)
+            self.embed.register_forward_hook(hook.subsampled)
         return hook
 
     def forward_train(self, xs_pad, ilens, prev_states=None):

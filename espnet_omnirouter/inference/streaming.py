@@ -55,8 +55,11 @@ class TimedSpeech2TextStreaming(Speech2TextStreaming):
         if not getattr(self, "_utterance_started", False):
             logging.info(f"speech length: {len(speech)} samples (first chunk)")
             self._utterance_started = True
-        results = super().__call__(speech, is_final=is_final)
+        try:
+            results = super().__call__(speech, is_final=is_final)
+        finally:
+            if is_final:  # also when the call raised: the next call starts an utterance
+                self._utterance_started = False
         if is_final:
-            self._utterance_started = False
             logging.info(f"best hypo: {results[0][0] if results else ''}")
         return results
