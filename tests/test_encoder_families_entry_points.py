@@ -10,7 +10,7 @@ import re
 import pytest
 import yaml
 
-from test_espnet_entry_points import captured_in_venv, free_port, hyps_of, in_venv
+from test_espnet_entry_points import captured_in_venv, ddp_asr_train, hyps_of, in_venv
 from tiny_asr_data import ROOT, train_args, write_data
 
 STREAMING_CONFIG = os.path.join(ROOT, "conf", "tiny", "train_asr_omni_router_contextual_block_conformer.yaml")
@@ -47,13 +47,7 @@ def test_ddp_trains_an_omni_router_e_branchformer(installed_wheel, tmp_path):
     data = write_data(str(tmp_path / "data"), num_utts=8)
     config = os.path.join(ROOT, "conf", "tiny", "train_asr_omni_router_e_branchformer.yaml")
     exp = str(tmp_path / "exp")
-    log = in_venv(
-        installed_wheel,
-        ["python", "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-         "-m", "espnet2.bin.asr_train", *train_args(data, config, exp, "--max_epoch", "1"),
-         "--multiprocessing_distributed", "false", "--dist_backend", "gloo"],
-        str(tmp_path / "ddp.log"),
-    )
+    log = ddp_asr_train(installed_wheel, data, config, exp, str(tmp_path / "ddp.log"))
     assert re.search(r"\[[^\]]*:0/2\]", log) and "find_unused_parameters" not in log
     with open(os.path.join(exp, "config.yaml")) as f:
         assert yaml.safe_load(f)["encoder"] == "omni_router_e_branchformer"

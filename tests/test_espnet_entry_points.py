@@ -113,6 +113,17 @@ def free_port():
         return s.getsockname()[1]
 
 
+def ddp_asr_train(installed_wheel, data, config, exp, log, *extra):
+    """ESPnet's ``asr_train`` in 2 gloo DDP workers started by ``torch.distributed.run``; its log."""
+    return in_venv(
+        installed_wheel,
+        ["python", "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+         "-m", "espnet2.bin.asr_train", *train_args(data, config, exp, "--max_epoch", "1", *extra),
+         "--multiprocessing_distributed", "false", "--dist_backend", "gloo"],
+        log,
+    )
+
+
 def test_ddp_two_cpu_processes_through_torch_distributed_run(installed_wheel, tmp_path):
     """gloo DDP, 2 workers that torch.distributed.run starts with ESPnet's own module; 64 experts
     for ~2x25 frames per step, so most experts get no frame in every step: stacked expert weights
@@ -120,14 +131,7 @@ def test_ddp_two_cpu_processes_through_torch_distributed_run(installed_wheel, tm
     data = write_data(str(tmp_path / "data"), num_utts=8)
     config = os.path.join(ROOT, "conf", "tiny", "train_asr_switch_conformer.yaml")
     exp = str(tmp_path / "exp")
-    log = in_venv(
-        installed_wheel,
-        ["python", "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-         "-m", "espnet2.bin.asr_train",
-         *train_args(data, config, exp, "--max_epoch", "1", "--encoder_conf", "num_experts=64"),
-         "--multiprocessing_distributed", "false", "--dist_backend", "gloo"],
-        str(tmp_path / "ddp.log"),
-    )
+    log = ddp_asr_train(installed_wheel, data, config, exp, str(tmp_path / "ddp.log"), "--encoder_conf", "num_experts=64")
     assert "find_unused_parameters" not in log
     assert re.search(r"\[[^\]]*:0/2\]", log)  # ESPnet tags rank 0's log lines "[host:0/2]" (rank/world)
     with open(os.path.join(exp, "config.yaml")) as f:

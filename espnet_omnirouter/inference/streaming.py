@@ -12,15 +12,13 @@ import yaml
 from espnet2.bin.asr_inference_streaming import Speech2TextStreaming
 
 from espnet_omnirouter.encoders.contextual_block import STREAMING_KEYS
+from espnet_omnirouter.registry import ENCODERS
 
-# ESPnet's streaming encoders and ours (espnet_omnirouter.registry).
+# ESPnet's streaming encoders and ours.
 STREAMING_ENCODERS = (
     "contextual_block_conformer",
     "contextual_block_transformer",
-    "switch_contextual_block_conformer",
-    "omni_router_contextual_block_conformer",
-    "switch_contextual_block_transformer",
-    "omni_router_contextual_block_transformer",
+    *(name for name in ENCODERS if "contextual_block" in name),
 )
 
 
