@@ -365,10 +365,20 @@ def read_encoder(exp: str) -> Optional[str]:
     return None
 
 
+# encoder family of a config's `encoder` (ESPnet's name or ours), first match wins
+FAMILIES = (("contextual_block_conformer", "contextual-block Conformer"),
+            ("contextual_block_transformer", "contextual-block Transformer"),
+            ("e_branchformer", "E-Branchformer"), ("conformer", "Conformer"), ("transformer", "Transformer"))
+
+
+def family(encoder: str) -> str:
+    """The family name of ``encoder`` (e.g. "omni_router_e_branchformer" -> "E-Branchformer")."""
+    return next((name for key, name in FAMILIES if key in encoder), encoder)
+
+
 def backbone(encoders: Sequence[Optional[str]]) -> str:
-    """"Conformer" or "Transformer" when every run's encoder is of that family, else "encoder"."""
-    kinds = {("Conformer" if "conformer" in e else "Transformer" if "transformer" in e else e)
-             for e in encoders if e}
+    """The encoder family (:data:`FAMILIES`) when every run's encoder is of one family, else "encoder"."""
+    kinds = {family(e) for e in encoders if e}
     return kinds.pop() if len(kinds) == 1 else "Conformer" if not kinds else "encoder"
 
 

@@ -307,6 +307,18 @@ def test_roe_beam_k1_is_plain_decoding(quality, tmp_path, monkeypatch):
 # --------------------------------------------------------------------------------------------
 # quality_report.py on handmade experiment dirs
 
+
+@pytest.mark.parametrize("encoders, name", [
+    (["e_branchformer", "omni_router_e_branchformer"], "E-Branchformer"),
+    (["contextual_block_conformer", "omni_router_contextual_block_conformer"], "contextual-block Conformer"),
+    (["conformer", "switch_conformer", None], "Conformer"),
+    (["transformer", "omni_router_transformer"], "Transformer"),
+    (["conformer", "e_branchformer"], "encoder"),
+])
+def test_report_labels_name_the_encoder_family(encoders, name):
+    runs = [{"encoder": e} for e in encoders]
+    assert qr.model_labels(["dense", "omni"], runs) == {"dense": f"Dense {name}", "omni": f"Omni-router {name}"}
+
 EPOCH_LINE = ("[vm] 2026-11-27 10:{mm}:00,000 (trainer:394) INFO: {ep}epoch results: [train] iter_time=0.012, "
               "loss_ctc=133.7, loss_att=75.6, acc=0.014, loss={tl}, {asr}train_time=1.087, time={tt}, "
               "total_count=5, [valid] loss_ctc=113.7, acc={acc}, loss={vl}, {vasr}time=2.5 seconds, total_count=2, "
