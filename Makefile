@@ -16,7 +16,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: setup.py
 	test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install -q "setuptools<74" wheel
-	$(PYTHON) -m pip install -q -e ".[test,plot]"
+	$(PYTHON) -m pip install -q -e ".[test,plot,onnx]"
 	touch $@
 
 # Debian packages that the synth_en corpus needs; installed when running as root and missing.

@@ -135,6 +135,9 @@ setup(
     extras_require={
         "test": ["pytest", "hypothesis"],
         "plot": ["matplotlib"],
+        # ONNX export (torch.onnx's dynamo exporter needs onnxscript) and its check with onnxruntime;
+        # the exported graphs use opset 18 (espnet_omnirouter/export/encoder.py)
+        "onnx": ["onnx==1.23.2", "onnxscript==0.7.2", "onnxruntime==1.32.0"],
     },
     license="Apache-2.0",
 )

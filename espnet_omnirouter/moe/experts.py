@@ -44,8 +44,9 @@ Four implementations of the same function (``Experts.impl`` picks one; "auto" by
   "auto" takes it for CPU float32 inference up to :data:`NATIVE_MAX_ROWS` assignments
   wherever :func:`.native.available` (batch 1 and batch 8 decoding alike).
 """
+import functools
 import math
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -240,8 +241,17 @@ class Experts(nn.Module):
         """Expert 0 on every row of ``x`` ``[N, d]`` (for ``E == 1``: a plain FFN, with autograd)."""
         if self.num_experts != 1:
             raise ValueError(f"Experts.dense runs a single expert; this one has {self.num_experts}")
+        return self.expert_ffn(0, x)
+
+    def expert_ffns(self) -> List[Tuple[int, Callable[[torch.Tensor], torch.Tensor]]]:
+        """``(e, FFN_e)`` for every expert: ``FFN_e(x)`` runs expert ``e`` alone on the rows
+        ``[n, d]`` of ``x`` (the traceable dispatch of ``MoEFeedForward`` calls them)."""
+        return [(e, functools.partial(self.expert_ffn, e)) for e in range(self.num_experts)]
+
+    def expert_ffn(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        """Expert ``e`` on every row of ``x`` ``[n, d]``: ``[n, d]`` in the compute dtype."""
         dtype = compute_dtype(x)
-        w1, b1, w2, b2 = self.w1[0], self.b1[0], self.w2[0], self.b2[0]
+        w1, b1, w2, b2 = self.w1[e], self.b1[e], self.w2[e], self.b2[e]
         if dtype != w1.dtype or dtype != x.dtype:  # (casts only where needed: each is an operator)
             x, w1, b1, w2, b2 = (t.to(dtype) for t in (x, w1, b1, w2, b2))
         if torch.is_autocast_enabled(x.device.type):
@@ -452,9 +462,10 @@ def padded_runs(sizes: List[int], run_cost: int) -> List[Tuple[int, int, int]]:
 
 def _new_rows(num_rows: int, like: torch.Tensor, rows: torch.Tensor, unique: bool) -> torch.Tensor:
     """A ``[num_rows, ...]`` buffer to scatter ``rows`` into: uninitialised when the rows
-    cover every row exactly once, zeros otherwise."""
+    cover every row exactly once, zeros otherwise (always zeros in a graph that torch.export
+    captures, where the number of rows is a symbol known at run time only)."""
     shape = (num_rows,) + tuple(like.shape[1:])
-    if unique and rows.shape[0] == num_rows:
+    if unique and not torch.compiler.is_exporting() and rows.shape[0] == num_rows:
         return like.new_empty(shape)
     return like.new_zeros(shape)
 

@@ -41,6 +41,8 @@ class Padding:
     @classmethod
     def from_mask(cls, valid: torch.Tensor) -> "Padding":
         rows = valid.reshape(-1).nonzero().squeeze(1)
+        if torch.compiler.is_exporting():  # an exported graph serves padded batches too: always gather
+            return cls(valid, rows)
         return cls(valid, None if rows.shape[0] == valid.numel() else rows)
 
     @classmethod
@@ -146,7 +148,9 @@ class MoEFeedForward(nn.Module):
         valid, index = None, None  # index: rows of ``flat`` that are routed (None: all)
         if mask is not None:
             valid = mask.valid if isinstance(mask, Padding) else mask
-            if valid.shape != x.shape[:-1]:
+            # Exported, ESPnet's mask is as long as the longest length, a graph symbol of its own
+            # (ESPnet's encoders need the frames to be as long, so the check is the tracer's only).
+            if not torch.compiler.is_exporting() and valid.shape != x.shape[:-1]:
                 raise ValueError(
                     f"MoE padding mask has shape {tuple(valid.shape)}, expected {tuple(x.shape[:-1])}"
                 )
@@ -180,6 +184,8 @@ class MoEFeedForward(nn.Module):
         straight back into a tensor of its shape (padding removal included, see
         ``Experts.combine``); nothing of size ``[N, E, capacity]`` is ever built.
         """
+        if torch.compiler.is_exporting():
+            return _dispatch_traceable(self.experts, flat, index, routing)
         num_experts = self.router.num_experts
         num_frames, top_k = routing.expert.shape
         if isinstance(self.experts, Experts) and self.capacity(num_frames) is None:
@@ -219,3 +225,24 @@ class MoEFeedForward(nn.Module):
             rows = index.index_select(0, rows)  # ... as a row of ``flat``
         out = self.experts.combine(flat, rows, ends, sorted_expert, sorted_gate, unique=token is None)
         return out, dropped
+
+
+def _dispatch_traceable(experts, flat: torch.Tensor, index: Optional[torch.Tensor], routing: Routing):
+    """``MoEFeedForward._dispatch`` for ``torch.export`` (hence ONNX): sparse and traceable.
+
+    Each expert's assignments are found by a comparison and a ``nonzero`` (sizes become symbols
+    of the graph, nothing is read back to Python), its rows gathered, run through that expert's
+    FFN alone (``experts.expert_ffns()``: a Duo skip path has none, so its rows cost nothing),
+    scaled by their gates and added into the output.  Same arguments and results as
+    ``_dispatch``; inference only (no capacity: evaluation is dropless).
+    """
+    out = flat.new_zeros(flat.shape[0], flat.shape[1], dtype=compute_dtype(flat))
+    ffns = experts.expert_ffns()
+    for k in range(routing.expert.shape[1]):
+        expert, gate = routing.expert[:, k], routing.gate[:, k]
+        for e, ffn in ffns:
+            chosen = (expert == e).nonzero().squeeze(1)
+            rows = chosen if index is None else index.index_select(0, chosen)
+            y = ffn(flat.index_select(0, rows)) * gate.index_select(0, chosen).to(out.dtype).unsqueeze(1)
+            out = out.index_add(0, rows, y)
+    return out, routing.expert.new_zeros(())

@@ -8,7 +8,7 @@ the assignments arrive sorted by path, each non-empty path runs one single-exper
 ``Experts`` on its own rows (whichever of its implementations suits the size), and the rows
 of a skip path are never read.
 """
-from typing import List, Sequence
+from typing import Callable, List, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -91,6 +91,10 @@ class PathExperts(nn.Module):
             )
             out = part if out is None else out + part
         return out
+
+    def expert_ffns(self) -> List[Tuple[int, Callable[[torch.Tensor], torch.Tensor]]]:
+        """``(p, FFN_p)`` for every non-empty path (as ``Experts.expert_ffns``; a skip path has none)."""
+        return [(int(key), experts.dense) for key, experts in self.paths.items()]
 
     def _infer(self, flat, rows, gate, bounds, unique) -> torch.Tensor:
         """Without autograd: each non-empty path's rows through its FFN (one GEMM pair on
