@@ -822,7 +822,7 @@ def markdown(result: Dict) -> str:
     out.append(f"- decoding: `{', '.join(result['decode_tags'])}`; out-of-domain (OOD) sets: "
                f"{', '.join(result['ood_sets'])}; OOD avg = unweighted mean of the per-set values, OOD pooled = "
                "summed errors / summed reference units")
-    out.append(f"- experiments: `{result['root']}/seed<S>/asr_<model>`")
+    out.append(f"- experiments: `{result['root']}/seed<S>/asr_<model>` (relative to the root of the checkout that ran them)")
     if result.get("reused"):
         ru = result["reused"]
         out.append(f"- **reused runs**: {', '.join(labels[m] for m in ru['models'])} from `{ru['from']}`"
@@ -960,9 +960,28 @@ def data_info(dump: str, train_set: str, sets: Sequence[str]) -> Optional[Dict]:
             "test_utts": tests}
 
 
+# An absolute path into a checkout, up to the checkout's top-level directory: /tmp/q7/egs2/... -> egs2/...
+_CHECKOUT_PREFIX = re.compile(r"(?<![\w.])/(?:[^\s`'\"/]+/)+?(?=(?:egs2|benchmarks|conf)/)")
+
+
+def checkout_relative(value):
+    """``value`` (a string, or lists/dicts of them) with every absolute path into a checkout cut to
+    the part from the checkout's top-level directory on (``/tmp/q7/egs2/synth_en/asr1/exp`` ->
+    ``egs2/synth_en/asr1/exp``): relative to the repository root of the checkout the runs were in."""
+    if isinstance(value, str):
+        return _CHECKOUT_PREFIX.sub("", value)
+    if isinstance(value, list):
+        return [checkout_relative(v) for v in value]
+    if isinstance(value, dict):
+        return {k: checkout_relative(v) for k, v in value.items()}
+    return value
+
+
 def write_report(result: Dict, out_dir: str, name: str = "quality") -> Dict[str, str]:
-    """``<out_dir>/<name>.md``, ``<name>.json`` and ``<name>_loss.png``."""
+    """``<out_dir>/<name>.md``, ``<name>.json`` and ``<name>_loss.png`` (paths into a checkout
+    written relative to its root: :func:`checkout_relative`)."""
     os.makedirs(out_dir, exist_ok=True)
+    result.update(checkout_relative(result))
     result["name"] = name
     paths = {k: os.path.join(out_dir, f) for k, f in
              (("md", f"{name}.md"), ("json", f"{name}.json"), ("png", f"{name}_loss.png"))}

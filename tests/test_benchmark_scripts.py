@@ -420,6 +420,20 @@ def test_relative_change_ood_average_and_verdict(tmp_path):
     assert json.loads(Path(paths["json"]).read_text())["relative"] == json.loads(json.dumps(rel))
 
 
+def test_reports_name_paths_relative_to_the_checkout(tmp_path):
+    root = tmp_path / "clone" / "egs2" / "synth_en" / "asr1" / "exp"
+    for m in ("dense", "omni"):
+        fake_run(root, 1, m, {"test_seen": 10.0, "test_noisy": 30.0})
+    res = qr.collect(str(root), ["dense", "omni"], [1], compute_params=False)
+    res["command"] = f"benchmarks/quality.sh --out {tmp_path}/clone/benchmarks/results"
+    paths = qr.write_report(res, str(tmp_path / "out"))
+    md, js = Path(paths["md"]).read_text(), Path(paths["json"]).read_text()
+    assert str(tmp_path) not in md and str(tmp_path) not in js
+    assert "experiments: `egs2/synth_en/asr1/exp/seed<S>/asr_<model>`" in md
+    assert "--out benchmarks/results" in md
+    assert qr.checkout_relative({"a": ["/x/y/conf/z.yaml", "keep /abs/other"]}) == {"a": ["conf/z.yaml", "keep /abs/other"]}
+
+
 def test_one_seed_report_judged_by_an_earlier_reports_seed_spread(tmp_path):
     """--spread_from: a one-seed report's differences are judged against the seed standard
     deviations of an earlier report of the same models (named in the sentence and the header);
