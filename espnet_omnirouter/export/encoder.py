@@ -1,7 +1,7 @@
 """Export an ESPnet ASR encoder (ours or ESPnet's) to ONNX with dynamic batch and time axes.
 
 The graph is captured by ``torch.onnx.export(..., dynamo=True)`` (``torch.export``).  Our MoE
-and Duo slots see ``torch.compiler.is_exporting()`` and take their traceable dispatch
+and Duo slots, within ``moe.experts.onnx_export_mode()``, take their traceable dispatch
 (``moe.layer._dispatch_traceable``): each expert, or Duo path, runs on its own frames only
 (found by ``nonzero``, so their counts are symbols of the graph) and a skip path computes
 nothing; padded frames are never routed, as in PyTorch.  The exported encoder takes what
@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from espnet_omnirouter.moe.duo import DuoFeedForward
+from espnet_omnirouter.moe.experts import onnx_export_mode
 
 INPUT_NAMES = ["feats", "feats_length"]
 OUTPUT_NAMES = ["encoder_out", "encoder_out_lens"]
@@ -76,7 +77,7 @@ def export_encoder(encoder: nn.Module, path: str, input_size: int, opset: int = 
     lengths = torch.tensor(EXAMPLE_FRAMES)
     feats = torch.randn(len(EXAMPLE_FRAMES), int(lengths.max()), input_size)
     batch, time = torch.export.Dim("batch"), torch.export.Dim("time", min=16)
-    with torch.no_grad():
+    with torch.no_grad(), onnx_export_mode():
         torch.onnx.export(
             EncoderForExport(encoder), (feats, lengths), path, dynamo=True, opset_version=opset,
             input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,

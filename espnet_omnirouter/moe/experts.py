@@ -44,6 +44,7 @@ Four implementations of the same function (``Experts.impl`` picks one; "auto" by
   "auto" takes it for CPU float32 inference up to :data:`NATIVE_MAX_ROWS` assignments
   wherever :func:`.native.available` (batch 1 and batch 8 decoding alike).
 """
+import contextlib
 import functools
 import math
 from typing import Callable, List, Optional, Tuple
@@ -102,6 +103,27 @@ def grouped_mm_supported(x: torch.Tensor, hidden: int, dtype: Optional[torch.dty
             and hidden % 8 == 0
         )
     return x.device.type == "cpu" and dtype in (torch.float32, torch.bfloat16, torch.float16)
+
+
+_onnx_export = [False]  # set by onnx_export_mode()
+
+
+@contextlib.contextmanager
+def onnx_export_mode():
+    """Within it, MoE and Duo slots take their traceable dispatch (``onnx_exporting()`` is True):
+    ``export.encoder.export_encoder`` runs ``torch.onnx.export`` in it.  A flag of ours, read as a
+    constant by the tracer: ``torch.compiler.is_exporting()`` is also True while torch.compile
+    traces (PyTorch 2.11), and ``torch.onnx.is_in_onnx_export()`` is not a constant to it."""
+    previous, _onnx_export[0] = _onnx_export[0], True
+    try:
+        yield
+    finally:
+        _onnx_export[0] = previous
+
+
+def onnx_exporting() -> bool:
+    """Whether an ONNX export is capturing the graph (within :func:`onnx_export_mode`)."""
+    return _onnx_export[0]
 
 
 def records_grad(module: nn.Module, *inputs: torch.Tensor) -> bool:
@@ -462,10 +484,10 @@ def padded_runs(sizes: List[int], run_cost: int) -> List[Tuple[int, int, int]]:
 
 def _new_rows(num_rows: int, like: torch.Tensor, rows: torch.Tensor, unique: bool) -> torch.Tensor:
     """A ``[num_rows, ...]`` buffer to scatter ``rows`` into: uninitialised when the rows
-    cover every row exactly once, zeros otherwise (always zeros in a graph that torch.export
+    cover every row exactly once, zeros otherwise (always zeros in a graph that ONNX export
     captures, where the number of rows is a symbol known at run time only)."""
     shape = (num_rows,) + tuple(like.shape[1:])
-    if unique and not torch.compiler.is_exporting() and rows.shape[0] == num_rows:
+    if unique and not onnx_exporting() and rows.shape[0] == num_rows:
         return like.new_empty(shape)
     return like.new_zeros(shape)
 

@@ -11,7 +11,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from espnet_omnirouter.moe.experts import Experts, compute_dtype, records_grad
+from espnet_omnirouter.moe.experts import Experts, compute_dtype, onnx_exporting, records_grad
 from espnet_omnirouter.moe.router import Router, Routing
 
 
@@ -41,7 +41,7 @@ class Padding:
     @classmethod
     def from_mask(cls, valid: torch.Tensor) -> "Padding":
         rows = valid.reshape(-1).nonzero().squeeze(1)
-        if torch.compiler.is_exporting():  # an exported graph serves padded batches too: always gather
+        if onnx_exporting():  # an exported graph serves padded batches too: always gather
             return cls(valid, rows)
         return cls(valid, None if rows.shape[0] == valid.numel() else rows)
 
@@ -150,7 +150,7 @@ class MoEFeedForward(nn.Module):
             valid = mask.valid if isinstance(mask, Padding) else mask
             # Exported, ESPnet's mask is as long as the longest length, a graph symbol of its own
             # (ESPnet's encoders need the frames to be as long, so the check is the tracer's only).
-            if not torch.compiler.is_exporting() and valid.shape != x.shape[:-1]:
+            if not onnx_exporting() and valid.shape != x.shape[:-1]:
                 raise ValueError(
                     f"MoE padding mask has shape {tuple(valid.shape)}, expected {tuple(x.shape[:-1])}"
                 )
@@ -184,7 +184,7 @@ class MoEFeedForward(nn.Module):
         straight back into a tensor of its shape (padding removal included, see
         ``Experts.combine``); nothing of size ``[N, E, capacity]`` is ever built.
         """
-        if torch.compiler.is_exporting():
+        if onnx_exporting():
             return _dispatch_traceable(self.experts, flat, index, routing)
         num_experts = self.router.num_experts
         num_frames, top_k = routing.expert.shape
@@ -228,7 +228,7 @@ class MoEFeedForward(nn.Module):
 
 
 def _dispatch_traceable(experts, flat: torch.Tensor, index: Optional[torch.Tensor], routing: Routing):
-    """``MoEFeedForward._dispatch`` for ``torch.export`` (hence ONNX): sparse and traceable.
+    """``MoEFeedForward._dispatch`` for ONNX export (``torch.export`` capture): sparse and traceable.
 
     Each expert's assignments are found by a comparison and a ``nonzero`` (sizes become symbols
     of the graph, nothing is read back to Python), its rows gathered, run through that expert's

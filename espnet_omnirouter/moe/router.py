@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from espnet_omnirouter.moe import native
+from espnet_omnirouter.moe.experts import onnx_exporting
 
 
 @dataclass
@@ -105,11 +106,11 @@ class Router(nn.Module):
     def _native_runs(self, x: torch.Tensor) -> bool:
         """Whether the C router (:mod:`.native`) computes this forward: float32 CPU inputs and
         weight, autograd not recording, no jitter drawn, no selection noise, not traced by
-        torch.compile or torch.export (the same function as the PyTorch code below, in one call)."""
+        torch.compile or ONNX export (the same function as the PyTorch code below, in one call)."""
         return (
             x.device.type == "cpu"
             and not torch.compiler.is_compiling()
-            and not torch.compiler.is_exporting()
+            and not onnx_exporting()
             and x.dtype == torch.float32
             and self.weight.dtype == torch.float32
             and self.selection_noise is None
