@@ -1,1 +1,1 @@
-"""ONNX export of ASR models with our encoders (``python -m espnet_omnirouter.bin.export_onnx``)."""
+"""ONNX export of ASR models with our encoders (so far the encoder: ``export.encoder``)."""

@@ -23,8 +23,8 @@ from espnet_omnirouter.moe.experts import onnx_export_mode
 INPUT_NAMES = ["feats", "feats_length"]
 OUTPUT_NAMES = ["encoder_out", "encoder_out_lens"]
 OPSET = 18
-# Length of the example batch's rows that the graph is captured with (100 ms frames: 1.2 s
-# and 0.9 s): any long enough to leave a few frames after 6x subsampling.
+# Length of the example batch's rows that the graph is captured with (10 ms frames: 1.2 s
+# and 0.9 s): any long enough to leave a few frames after 8x subsampling.
 EXAMPLE_FRAMES = (120, 90)
 
 
