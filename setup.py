@@ -125,7 +125,7 @@ setup(
     description="Switch and Omni-router Mixture-of-Experts encoders for ESPnet ASR",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["espnet_omnirouter", "espnet_omnirouter.*"]),
+    packages=find_packages(include=["espnet_omnirouter", "espnet_omnirouter.*", "espnet_omnirouter_onnx"]),
     py_modules=["espnet_omnirouter_hook"],
     # C source of the CPU inference kernels, compiled at first use (espnet_omnirouter/moe/native.py)
     package_data={"espnet_omnirouter.moe": ["native_cpu.c"]},
