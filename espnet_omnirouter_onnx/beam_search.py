@@ -2,7 +2,7 @@
 
 It follows ESPnet's ``BatchBeamSearch`` step for step, so with the same options it returns
 ESPnet's hypotheses: full scorers (attention decoder, weight ``1 - ctc_weight``; length bonus,
-weight ``penalty``) score every token; the CTC prefix scorer (weight ``ctc_weight``) scores the
+weight ``penalty``) score every token (a CTC-only model has no decoder scorer, as in ESPnet); the CTC prefix scorer (weight ``ctc_weight``) scores the
 ``int(1.5 * beam_size)`` best tokens of the full scorers' weighted sum (ESPnet's pre-beam);
 ``maxlenratio: 0`` ends by ESPnet's ``end_detect``; the last step appends ``<eos>``.  Scorers with
 weight 0 are left out, as in ESPnet.  One divergence: with no full scorer (``ctc_weight: 1``),

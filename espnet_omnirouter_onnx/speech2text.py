@@ -58,8 +58,6 @@ class Speech2Text:
 
         self.frontend, self.encoder, self.ctc = session("frontend"), session("encoder"), session("ctc")
         self.decoder = session("decoder") if self.config.get("decoder") else None
-        if self.decoder is None and ctc_weight != 1.0:
-            raise ValueError(f"{path}: the model has no attention decoder (CTC only): use ctc_weight 1.0")
         token = self.config["token"]
         self.token_list: List[str] = token["list"]
         self.tokenizer = Tokenizer(self.config["tokenizer"]["token_type"], model_dir,

@@ -113,11 +113,11 @@ def command_problems(text, root):
     for target in code:
         if target not in targets:
             problems.append(f"make {target}: no such target in the Makefile")
-    for module in re.findall(r"python -m (espnet_omnirouter(?:\.\w+)*)", text):
+    for module in re.findall(r"python -m (espnet_omnirouter\w*(?:\.\w+)*)", text):
         file = root / (module.replace(".", "/") + ".py")
         if not file.exists():
             problems.append(f"python -m {module}: no file {file.relative_to(root)}")
-    for module, names in re.findall(r"from (espnet_omnirouter(?:\.\w+)*) import ([\w, ]+)", text):
+    for module, names in re.findall(r"from (espnet_omnirouter\w*(?:\.\w+)*) import ([\w, ]+)", text):
         file = root / (module.replace(".", "/") + ".py")
         if not file.exists():
             file = root / module.replace(".", "/") / "__init__.py"
@@ -126,7 +126,7 @@ def command_problems(text, root):
             continue
         source = file.read_text()
         for name in (n.strip() for n in names.split(",")):
-            if not re.search(rf"^(def|class) {name}\b|^{name}\s*=", source, flags=re.M):
+            if not re.search(rf"^(def|class) {name}\b|^{name}\s*=|^from \S+ import .*\b{name}\b", source, flags=re.M):
                 problems.append(f"from {module} import {name}: {name} not defined in {file.relative_to(root)}")
     return problems
 
