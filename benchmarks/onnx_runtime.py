@@ -53,7 +53,7 @@ def encoder_speed(args, tmp):
     encoders, sessions = {}, {}
     for key in MODELS:
         torch.manual_seed(args.seed)
-        _, _, encoders[key] = load_encoder(DEFAULT_CONFIGS[key], args.feat_dim)
+        _, _, encoders[key] = load_encoder(getattr(args, f"{key}_config"), args.feat_dim)
         encoders[key].eval()
         path = os.path.join(tmp, f"{key}.onnx")
         export_encoder(encoders[key], path, args.feat_dim)
@@ -149,7 +149,7 @@ def report(payload) -> str:
         "",
         "## Encoder speed",
         "",
-        f"`{DEFAULT_CONFIGS['dense']}` and `{DEFAULT_CONFIGS['omni']}`, freshly initialised (seed {c['seed']}); "
+        f"`{c['configs']['dense']}` and `{c['configs']['omni']}`, freshly initialised (seed {c['seed']}); "
         f"median of {c['repeats']} interleaved rounds per run, {c['runs']} runs; batch 8 has lengths spread "
         "5-10 s (padded).",
         "",
@@ -183,6 +183,8 @@ def report(payload) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for key in MODELS:
+        parser.add_argument(f"--{key}-config", default=DEFAULT_CONFIGS[key])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--feat-dim", type=int, default=80)
     parser.add_argument("--model", default=None, help="trained model (exp dir, zip) to decode both ways")
@@ -199,6 +201,7 @@ def main(argv=None):
 
     payload = {"machine": _bench.machine_info(torch.device("cpu")),
                "config": {"command_args": " ".join(argv if argv is not None else sys.argv[1:]),
+                          "configs": {k: getattr(args, f"{k}_config") for k in MODELS},
                           "threads": args.threads, "seed": args.seed, "repeats": args.repeats,
                           "warmup": args.warmup, "runs": args.runs, "onnxruntime": onnxruntime.__version__,
                           "torch": torch.__version__}}

@@ -71,7 +71,7 @@
 #   --stage N / --stop_stage N   1 corpus + stats, 2 models, 3 report      [1 / 3]
 #   --out DIR               report directory                               [<repo>/benchmarks/results]
 #   --report_name NAME      report files <out>/NAME.{md,json}, NAME_loss.png [quality]
-#   --report_args STR       more options of quality_report.py, e.g. reusing rows of an earlier report:
+#   --report_args STR       more options of quality_report.py (quoted as in a shell), e.g. reusing rows of an earlier report:
 #                           "--reuse benchmarks/results/quality.json --reuse_models switch omni"
 set -euo pipefail
 
@@ -158,6 +158,12 @@ if [ "${workdir}" != "${recipe_dir}" ]; then
         ln -sfn "${recipe_dir}/${_f}" "${workdir}/${_f}"
     done
 fi
+# --report_args split like a shell command line (quotes keep e.g. a --note in one piece), its
+# existing relative paths (--spread_from, --reuse) made absolute before the cd into the work dir
+mapfile -t _report_args < <("${python}" -c '
+import os, shlex, sys
+for a in shlex.split(sys.argv[1]):
+    print(os.path.abspath(a) if not a.startswith("-") and os.path.exists(a) else a)' "${report_args}")
 cd "${workdir}"
 
 # models: "name=config" (a bare path is named after its file: train_asr_x.yaml -> x)
@@ -304,7 +310,6 @@ fi
 # ---------------------------------------------------------------------------------------------
 if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
     log "Step 3: report -> ${out}/${report_name}.md"
-    read -r -a _report_args <<<"${report_args}"
     # shellcheck disable=SC2086
     # (parameter counts: built from each config.yaml here, where its relative paths hold)
     "${python}" "${here}/quality_report.py" --root "${workdir}/${expdir}" --models "${names[@]}" --seeds ${seeds} \

@@ -41,6 +41,11 @@ from espnet_omnirouter.moe import Padding
 STREAMING_KEYS = ("block_size", "hop_size", "look_ahead")
 
 
+def is_streaming(encoder: torch.nn.Module) -> bool:
+    """True for a contextual-block (streaming) encoder, ours or ESPnet's dense one."""
+    return isinstance(encoder, (ContextualBlockConformerEncoder, ContextualBlockTransformerEncoder))
+
+
 def block_padding(lengths: torch.Tensor, nblock: int, block_size: int, hop_size: int, look_ahead: int) -> Padding:
     """Routed and recorded positions of a training-path block batch.
 

@@ -7,7 +7,7 @@
   (length 0 at the first step); outputs ``logp`` ``[N, V]`` (log-probabilities of the next token)
   and ``new_cache_<i>`` ``[N, L, d]``.
 """
-from typing import List, Optional
+from typing import Optional
 
 import torch
 from torch import nn
@@ -68,8 +68,8 @@ def export_ctc(ctc: nn.Module, path: str, encoder_size: int, opset: int) -> None
         )
 
 
-def export_decoder(decoder: nn.Module, path: str, encoder_size: int, vocab_size: int, opset: int) -> List[str]:
-    """Write one cached decoder step to ``path``; returns its input names.
+def export_decoder(decoder: nn.Module, path: str, encoder_size: int, vocab_size: int, opset: int) -> None:
+    """Write one cached decoder step to ``path`` (inputs and outputs: :func:`decoder_names`).
 
     Raises:
         ValueError: for a decoder that cannot be exported (:func:`unsupported_decoder`).
@@ -93,4 +93,3 @@ def export_decoder(decoder: nn.Module, path: str, encoder_size: int, vocab_size:
                             tuple({0: hyps, 1: cached} for _ in range(n_blocks))),
             external_data=False, verbose=False,
         )
-    return inputs

@@ -12,11 +12,12 @@ ESPnet's encoder takes after the frontend and normalisation:
 * outputs ``encoder_out`` ``[B, T', d]`` and ``encoder_out_lens`` ``[B]`` int64 (``T'``: after
   subsampling); frames past a row's length are undefined, as in PyTorch.
 """
-from typing import List, Optional
+from typing import Optional
 
 import torch
 from torch import nn
 
+from espnet_omnirouter.encoders.contextual_block import is_streaming
 from espnet_omnirouter.moe.duo import DuoFeedForward
 from espnet_omnirouter.moe.experts import onnx_export_mode
 
@@ -43,7 +44,7 @@ class EncoderForExport(nn.Module):
 
 def unsupported(encoder: nn.Module) -> Optional[str]:
     """Why ``encoder`` cannot be exported (None: it can), naming the option to change."""
-    if hasattr(encoder, "block_size"):
+    if is_streaming(encoder):
         return (f"{type(encoder).__name__} is a streaming (contextual-block) encoder: its block-wise "
                 "decoding keeps state between calls, which this exporter does not build; export a "
                 "full-utterance encoder")
@@ -58,8 +59,8 @@ def unsupported(encoder: nn.Module) -> Optional[str]:
     return None
 
 
-def export_encoder(encoder: nn.Module, path: str, input_size: int, opset: int = OPSET) -> List[str]:
-    """Write ``encoder`` (put in eval mode) to the ONNX file ``path``; returns its input names.
+def export_encoder(encoder: nn.Module, path: str, input_size: int, opset: int = OPSET) -> None:
+    """Write ``encoder`` (put in eval mode) to the ONNX file ``path`` (inputs ``INPUT_NAMES``).
 
     Args:
         encoder: an ESPnet ``AbsEncoder`` (ours or ESPnet's dense ones).
@@ -83,4 +84,3 @@ def export_encoder(encoder: nn.Module, path: str, input_size: int, opset: int = 
             input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
             dynamic_shapes=({0: batch, 1: time}, {0: batch}), external_data=False, verbose=False,
         )
-    return INPUT_NAMES

@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 
 from espnet_omnirouter.config_check import check_value
+from espnet_omnirouter.encoders.contextual_block import is_streaming
 from espnet_omnirouter.encoders.moe_encoder import MoEEncoderMixin
 
 
@@ -123,7 +124,7 @@ class RoEEncoder:
             raise ValueError(f"RoE needs an MoE encoder, got {type(encoder).__name__}")
         if getattr(encoder, "interctc_use_conditioning", False) or getattr(encoder, "ctc_trim", False):
             raise ValueError("RoE does not support interctc_use_conditioning or ctc_trim encoders")
-        if hasattr(encoder, "block_size"):
+        if is_streaming(encoder):
             raise ValueError(
                 f"RoE does not support contextual-block (streaming) encoders ({type(encoder).__name__}): "
                 "it reruns the blocks on K copies of a whole utterance; decode with roe_samples: 1"
