@@ -201,3 +201,44 @@ def test_runtime_errors_name_the_problem(exported, tmp_path):
         OnnxSpeech2Text(out, ctc_weight=1.5)
     with pytest.raises(ValueError, match="1-D array"):
         OnnxSpeech2Text(out)(np.zeros((2, 16000), np.float32))
+
+
+def test_asr_inference_writes_espnets_files(exported, tmp_path):
+    data, _, out = exported
+    decode = tmp_path / "decode.yaml"
+    decode.write_text("beam_size: 3\nctc_weight: 0.3\nlm_weight: 0.6\n")  # lm_weight: no LM, as in ESPnet
+    out_dir = tmp_path / "decode"
+    run([sys.executable, "-m", "espnet_omnirouter_onnx.asr_inference", "--model_dir", out, "--config", str(decode),
+         "--data_path_and_name_and_type", f"{data}/wav.scp,speech,sound", "--output_dir", str(out_dir)],
+        str(tmp_path / "decode.log"))
+    speech2text = OnnxSpeech2Text(out, beam_size=3, ctc_weight=0.3)
+    want = {utt: speech2text(wav)[0] for utt, wav in utterances(data)}
+    lines = {f: (out_dir / "1best_recog" / f).read_text().splitlines() for f in ("text", "token_int", "score")}
+    assert [line.split(maxsplit=1)[0] for line in lines["text"]] == list(want)
+    for utt, text, token_int in zip(want, lines["text"], lines["token_int"]):
+        assert text == f"{utt} {want[utt][0]}"
+        assert token_int.split()[1:] == [str(t) for t in want[utt][2]]
+    rtf = json.loads((out_dir / "rtf.json").read_text())
+    assert rtf["utterances"] == len(want) and rtf["rtf"] > 0
+
+
+@pytest.mark.parametrize("config, scp_line, message", [
+    ("beam_size: 3\nlm_train_config: lm.yaml\n", None, "lm_train_config: not options of the ONNX runtime"),
+    (None, "utt1 sox a.wav -t wav - |", "wav.scp:1: expected '<utt> <audio file>'"),
+])
+def test_asr_inference_names_bad_input(exported, tmp_path, config, scp_line, message):
+    data, _, out = exported
+    args = ["--model_dir", out, "--output_dir", str(tmp_path / "decode")]
+    if config is not None:
+        (tmp_path / "decode.yaml").write_text(config)
+        args += ["--config", str(tmp_path / "decode.yaml")]
+    scp = f"{data}/wav.scp"
+    if scp_line is not None:
+        scp = str(tmp_path / "wav.scp")
+        (tmp_path / "wav.scp").write_text(scp_line + "\n")
+    proc = subprocess.run([sys.executable, "-m", "espnet_omnirouter_onnx.asr_inference", *args,
+                           "--data_path_and_name_and_type", f"{scp},speech,sound"],
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert not (tmp_path / "decode").exists()
