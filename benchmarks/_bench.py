@@ -282,3 +282,10 @@ def write_json(path: str, payload: Dict[str, object]) -> None:
         json.dump(payload, f, indent=1)
         f.write("\n")
     print(f"wrote {path}")
+
+
+def write_json_and_report(path: str, payload: Dict[str, object], report: str) -> None:
+    """``payload`` to the JSON file ``path`` and ``report`` (markdown) beside it, as ``<name>.md``."""
+    write_json(path, payload)
+    with open(os.path.splitext(path)[0] + ".md", "w") as f:
+        f.write(report)

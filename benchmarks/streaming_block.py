@@ -115,9 +115,7 @@ def main(argv=None):
     }
     print(report(payload))
     if args.out:
-        _bench.write_json(args.out, payload)
-        with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
-            f.write(report(payload))
+        _bench.write_json_and_report(args.out, payload, report(payload))
 
 
 if __name__ == "__main__":
