@@ -11,7 +11,13 @@ times; the report gives each run and the worst Omni/dense ratio.
 
     python benchmarks/streaming_block.py --out benchmarks/results/streaming_block.json
 
-writes the JSON and, beside it, ``streaming_block.md`` (the report).
+writes the JSON and, beside it, ``streaming_block.md`` (the report).  With ``--dense-model EXP
+--omni-model EXP`` it times two trained streaming models instead (their encoders; features of
+the stream from ``--wav``, an audio file of at least ``--context-seconds`` + 0.64 s, through the
+dense model's frontend, or random):
+
+    python benchmarks/streaming_block.py --dense-model exp/asr_dense --omni-model exp/asr_omni \
+        --wav dump/raw/test_seen/data/<utt>.wav --out benchmarks/results/streaming_block_trained.json
 """
 import argparse
 import os
@@ -22,6 +28,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _bench  # noqa: E402
 from encoder_step import load_encoder  # noqa: E402
+from espnet_omnirouter.hub import load_asr_model  # noqa: E402
 
 CONFIGS = {
     "dense": "conf/train_asr_contextual_block_conformer.yaml",
@@ -47,6 +54,18 @@ def streaming_step(encoder, context: torch.Tensor, chunk: torch.Tensor):
     return step, {"output_frames": out.shape[1], "recorded_rows": [r.routing.expert.shape[0] for r in records]}
 
 
+def speech_features(asr_model, wav: str) -> torch.Tensor:
+    """Normalised features ``[1, T, F]`` of the audio file ``wav`` through ``asr_model``'s frontend."""
+    import soundfile
+
+    speech = torch.from_numpy(soundfile.read(wav, dtype="float32")[0])[None]
+    with torch.no_grad():
+        feats, lengths = asr_model._extract_feats(speech, torch.tensor([speech.shape[1]]))
+        if asr_model.normalize is not None:
+            feats, _ = asr_model.normalize(feats, lengths)
+    return feats
+
+
 def report(payload) -> str:
     c = payload["config"]
     lines = [
@@ -56,7 +75,9 @@ def report(payload) -> str:
         f"(commit {payload['machine']['commit']}, {payload['machine']['time']}, {payload['machine']['cpu_model']}, "
         f"{payload['machine']['threads']} threads).",
         "",
-        f"Encoders: `{c['configs']['dense']}` and `{c['configs']['omni']}`, freshly initialised, batch 1; "
+        f"Encoders: `{c['configs']['dense']}` and `{c['configs']['omni']}`, "
+        f"{'trained' if c.get('trained') else 'freshly initialised'}, batch 1, "
+        f"{'features of `' + c['wav'] + '`' if c.get('wav') else 'random features'}; "
         f"{c['context_seconds']:g} s of stream before the timed call, which adds {c['chunk_frames']} feature "
         f"frames ({c['chunk_frames'] * 10} ms) and emits {payload['first_call']['dense']['output_frames']} encoder "
         f"frames (one block). Median of {c['repeats']} interleaved rounds per run.",
@@ -78,21 +99,43 @@ def main(argv=None):
     parser.add_argument("--context-seconds", type=float, default=4.0)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--feat-dim", type=int, default=80)
+    for key in CONFIGS:
+        parser.add_argument(f"--{key}-model", default=None,
+                            help="a trained model (exp dir or zip) instead of the freshly initialised config")
+    parser.add_argument("--wav", default=None,
+                        help="with the models: real speech (its features, through the dense model's frontend "
+                        "and normalisation) instead of random features")
     _bench.add_common_args(parser, warmup=3)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = torch.device("cpu")
 
-    encoders, configs = {}, {}
+    trained = [getattr(args, f"{k}_model") for k in CONFIGS]
+    if any(trained) and not all(trained):
+        parser.error("give both --dense-model and --omni-model, or neither")
+    if args.wav and not all(trained):
+        parser.error("--wav needs the trained models (--dense-model, --omni-model)")
+    encoders, configs, models = {}, {}, {}
     for key in CONFIGS:
-        path = getattr(args, f"{key}_config")
-        _, _, encoders[key] = load_encoder(path, args.feat_dim)
+        if all(trained):
+            models[key], _ = load_asr_model(getattr(args, f"{key}_model"))
+            encoders[key], configs[key] = models[key].encoder, getattr(args, f"{key}_model")
+        else:
+            path = getattr(args, f"{key}_config")
+            _, _, encoders[key] = load_encoder(path, args.feat_dim)
+            configs[key] = path
         encoders[key].eval()
-        configs[key] = path
     hop = encoders["dense"].hop_size * SUBSAMPLING
-    context = torch.randn(1, int(round(args.context_seconds * 100)), args.feat_dim)
-    chunk = torch.randn(1, hop, args.feat_dim)
+    context_frames = int(round(args.context_seconds * 100))
+    if args.wav:
+        feats = speech_features(models["dense"], args.wav)
+        if feats.shape[1] < context_frames + hop:
+            parser.error(f"--wav {args.wav}: {feats.shape[1]} frames, fewer than --context-seconds + one hop")
+        context, chunk = feats[:, :context_frames], feats[:, context_frames:context_frames + hop]
+    else:
+        dim = models["dense"].frontend.output_size() if models else args.feat_dim
+        context, chunk = torch.randn(1, context_frames, dim), torch.randn(1, hop, dim)
     with torch.inference_mode():
         built = {k: streaming_step(e, context, chunk) for k, e in encoders.items()}
         steps = {k: s for k, (s, _) in built.items()}
@@ -106,7 +149,8 @@ def main(argv=None):
     worst = max(runs, key=lambda r: r["ratio"])
     payload = {
         "machine": _bench.machine_info(device),
-        "config": {"configs": configs, "context_seconds": args.context_seconds, "chunk_frames": hop,
+        "config": {"configs": configs, "trained": bool(models), "wav": args.wav,
+                   "context_seconds": args.context_seconds, "chunk_frames": hop,
                    "repeats": args.repeats, "warmup": args.warmup, "runs": args.runs, "seed": args.seed},
         "first_call": {k: info for k, (_, info) in built.items()},
         "runs": runs,

@@ -1004,3 +1004,43 @@ def test_streaming_block_times_one_block_per_call(tmp_path):
     assert len(run["runs"]) == 2 and run["worst_ratio"] == max(r["ratio"] for r in run["runs"])
     report = (tmp_path / "streaming_block.md").read_text()
     assert f"Worst of 2 runs: Omni {run['worst_ratio']:.3f}x dense per block" in report
+
+
+def test_streaming_block_times_trained_models_on_real_features(tiny_omni, tmp_path):
+    """--dense-model/--omni-model: the encoders of two models built from exp dirs (ESPnet configs
+    with the tiny streaming encoders), fed the features of a real audio file (--wav)."""
+    import torch
+    import yaml
+    from espnet2.tasks.asr import ASRTask
+
+    import streaming_block
+
+    data, exp = tiny_omni
+    base = yaml.safe_load((Path(exp) / "config.yaml").read_text())
+    streaming = yaml.safe_load((REPO / "conf" / "tiny" / "train_asr_omni_router_contextual_block_conformer.yaml").read_text())
+    dense_conf = {k: v for k, v in streaming["encoder_conf"].items() if k not in ("num_experts", "router_groups")}
+    models = {}
+    for key, encoder, conf in (("dense", "contextual_block_conformer", dense_conf),
+                               ("omni", streaming["encoder"], streaming["encoder_conf"])):
+        d = tmp_path / key
+        d.mkdir()
+        (d / "config.yaml").write_text(yaml.safe_dump({**base, "encoder": encoder, "encoder_conf": conf}))
+        model, _ = ASRTask.build_model_from_file(str(d / "config.yaml"), None, "cpu")
+        torch.save(model.state_dict(), d / "1epoch.pth")
+        models[key] = str(d)
+    import numpy as np
+    import soundfile
+
+    wav = str(tmp_path / "speech.wav")  # 3 utterances one after another: > 1 s of context + one hop
+    paths = [line.split()[1] for line in (Path(data) / "wav.scp").read_text().splitlines()[:3]]
+    soundfile.write(wav, np.concatenate([soundfile.read(p, dtype="float32")[0] for p in paths]), 16000)
+    out = tmp_path / "streaming_block.json"
+    streaming_block.main(["--dense-model", models["dense"], "--omni-model", models["omni"], "--wav", wav,
+                          "--runs", "1", "--warmup", "0", "--repeats", "1", "--context-seconds", "1",
+                          "--out", str(out)])
+    run = json.loads(out.read_text())
+    assert run["config"]["trained"] is True and run["config"]["wav"] == wav
+    assert run["first_call"]["dense"]["output_frames"] == streaming["encoder_conf"]["hop_size"]
+    assert "trained, batch 1, features of" in (tmp_path / "streaming_block.md").read_text()
+    with pytest.raises(SystemExit):
+        streaming_block.main(["--dense-model", models["dense"], "--out", str(out)])
