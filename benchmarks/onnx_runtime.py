@@ -4,12 +4,14 @@
    `conf/train_asr_omni_router_conformer.yaml`: d 144, FFN 576, 6 blocks, 8 experts), freshly
    initialised, exported by `espnet_omnirouter.export.encoder` and run by onnxruntime (intra-op
    `--threads`, sequential), beside the same modules in PyTorch (`torch.inference_mode`, `--threads`):
-   batch 1 at 5 s and 10 s, and batch 8 with lengths spread 5-10 s (padded).  The four steps of a
-   case run interleaved in one process (`_bench.time_interleaved`), `--runs` times; the report gives
-   each run and the worst ratio.
+   batch 1 at 5 s and 10 s, and batch 8 with lengths spread 5-10 s (padded).  Per run and case, the
+   dense and Omni graphs in onnxruntime run interleaved (`_bench.time_interleaved`), then the two
+   PyTorch encoders likewise (the two frameworks' thread pools are not interleaved with each other:
+   one's spinning threads would slow the other); `--runs` runs, the report gives each and the worst.
 2. Decoding (with `--model EXP`): the trained model exported by `espnet_omnirouter.bin.export_onnx`,
    every utterance of `--test_set` decoded by ESPnet's `Speech2Text` and by
-   `espnet_omnirouter_onnx.Speech2Text` back to back (order alternating), same options
+   `espnet_omnirouter_onnx.Speech2Text` (blocks of 25 utterances, one backend then the other, order
+   alternating), same options
    (`--decode_config`); WER of both (the recipe's scoring: jiwer, white space collapsed), how many
    hypotheses are identical, and the real-time factor of both (decoding time / audio, 2 threads).
 
@@ -34,6 +36,7 @@ import _bench  # noqa: E402
 from encoder_step import DEFAULT_CONFIGS, load_encoder  # noqa: E402
 
 MODELS = ("dense", "omni")
+DECODE_BLOCK = 25  # utterances decoded by one backend before the other takes its turn
 CASES = {"b1_5s": [500], "b1_10s": [1000], "b8_5-10s": [int(x) for x in np.linspace(1000, 500, 8)]}
 
 
@@ -64,15 +67,17 @@ def encoder_speed(args, tmp):
         lens = torch.tensor(lengths)
         feats = torch.randn(len(lengths), max(lengths), args.feat_dim)
         feed = {"feats": feats.numpy(), "feats_length": lens.numpy()}
-        steps = {}
-        for key in MODELS:
-            steps[f"{key}_torch"] = (lambda e: lambda: e(feats, lens))(encoders[key])
-            steps[f"{key}_ort"] = (lambda s: lambda: s.run(None, feed))(sessions[key])
+        groups = {
+            "ort": {f"{k}_ort": (lambda s: lambda: s.run(None, feed))(sessions[k]) for k in MODELS},
+            "torch": {f"{k}_torch": (lambda e: lambda: e(feats, lens))(encoders[k]) for k in MODELS},
+        }
         runs = []
         with torch.inference_mode():
             for _ in range(args.runs):
-                times, _ = _bench.time_interleaved(steps, device, args.warmup, args.repeats)
-                ms = {k: _bench.median(v) * 1e3 for k, v in times.items()}
+                ms = {}
+                for steps in groups.values():  # each backend's pair interleaved; one after the other
+                    times, _ = _bench.time_interleaved(steps, device, args.warmup, args.repeats)
+                    ms.update({k: _bench.median(v) * 1e3 for k, v in times.items()})
                 run = {"ms": ms, "omni_vs_dense_ort": ms["omni_ort"] / ms["dense_ort"],
                        "omni_vs_dense_torch": ms["omni_torch"] / ms["dense_torch"],
                        "ort_vs_torch_dense": ms["dense_ort"] / ms["dense_torch"],
@@ -115,17 +120,22 @@ def decoding(args, tmp):
     hyps = {"torch": {}, "ort": {}}
     seconds = {"torch": 0.0, "ort": 0.0}
     audio_s = 0.0
-    for i, (utt, path) in enumerate(entries):
+    wavs = []
+    for utt, path in entries:
         wav, fs = soundfile.read(path if os.path.isabs(path) else os.path.join(wav_dir, path), dtype="float32")
         audio_s += len(wav) / fs
-        order = [("torch", ref), ("ort", ours)][:: 1 if i % 2 == 0 else -1]
+        wavs.append((utt, wav))
+    # blocks of utterances, each decoded by one backend and then the other (order alternating per
+    # block): the two frameworks' thread pools never alternate utterance by utterance
+    for b in range(0, len(wavs), DECODE_BLOCK):
+        order = [("torch", ref), ("ort", ours)][:: 1 if (b // DECODE_BLOCK) % 2 == 0 else -1]
         for name, decoder in order:
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                results = decoder(wav)
-            text = results[0][0] if results else ""
-            seconds[name] += time.perf_counter() - t0
-            hyps[name][utt] = " ".join(text.split())
+            for utt, wav in wavs[b:b + DECODE_BLOCK]:
+                t0 = time.perf_counter()
+                with torch.inference_mode():
+                    results = decoder(wav)
+                seconds[name] += time.perf_counter() - t0
+                hyps[name][utt] = " ".join((results[0][0] if results else "").split())
     keys = [u for u, _ in entries]
     wer = {name: 100 * jiwer.wer([refs[k] for k in keys], [hyps[name][k] for k in keys]) for name in hyps}
     same = sum(hyps["torch"][k] == hyps["ort"][k] for k in keys)
@@ -150,8 +160,8 @@ def report(payload) -> str:
         "## Encoder speed",
         "",
         f"`{c['configs']['dense']}` and `{c['configs']['omni']}`, freshly initialised (seed {c['seed']}); "
-        f"median of {c['repeats']} interleaved rounds per run, {c['runs']} runs; batch 8 has lengths spread "
-        "5-10 s (padded).",
+        f"median of {c['repeats']} interleaved rounds per backend and run (dense and Omni interleaved; onnxruntime's "
+        f"pair, then PyTorch's), {c['runs']} runs; batch 8 has lengths spread 5-10 s (padded).",
         "",
         "| case | run | dense PyTorch ms | Omni PyTorch ms | dense ORT ms | Omni ORT ms | Omni/dense ORT | "
         "Omni/dense PyTorch | ORT/PyTorch dense | ORT/PyTorch Omni |",
