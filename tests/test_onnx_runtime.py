@@ -131,21 +131,25 @@ def test_greedy_ctc_and_features_equal_pytorch(exported):
         assert got.greedy_ctc(wav) == [t for t in merged.tolist() if t != asr_model.blank_id], utt
 
 
-def test_runtime_imports_neither_torch_nor_espnet(exported, tmp_path):
+def test_runtime_imports_neither_torch_nor_espnet(exported, installed_wheel, tmp_path):
+    """Decoding with the installed wheel's ``espnet_omnirouter_onnx`` loads no torch, ESPnet or
+    ``espnet_omnirouter`` module (the wheel carries the runtime package)."""
     data, _, out = exported
     wav = next(utterances(data))[1]
     np.save(tmp_path / "wav.npy", wav)
     code = (
         "import sys, json, numpy as np\n"
+        "import espnet_omnirouter_onnx\n"
         "from espnet_omnirouter_onnx import Speech2Text\n"
         f"text = Speech2Text({out!r}, beam_size=3, ctc_weight=0.3)(np.load({str(tmp_path / 'wav.npy')!r}))[0][0]\n"
-        "print(json.dumps({'text': text, 'loaded': sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('torch', 'espnet', 'espnet2', 'espnet_omnirouter'))}))\n"
+        "print(json.dumps({'text': text, 'file': espnet_omnirouter_onnx.__file__, 'loaded': sorted(m for m in "
+        "sys.modules if m.split('.')[0] in ('torch', 'espnet', 'espnet2', 'espnet_omnirouter'))}))\n"
     )
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=str(tmp_path))
+    proc = subprocess.run([installed_wheel["python"], "-c", code], capture_output=True, text=True,
+                          env=installed_wheel["env"], cwd=installed_wheel["cwd"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["file"].startswith(installed_wheel["site"])
     assert result["loaded"] == []
     assert result["text"] == OnnxSpeech2Text(out, beam_size=3, ctc_weight=0.3)(wav)[0][0]
 
