@@ -231,18 +231,25 @@ def _dispatch_traceable(experts, flat: torch.Tensor, index: Optional[torch.Tenso
     """``MoEFeedForward._dispatch`` for ONNX export (``torch.export`` capture): sparse and traceable.
 
     Each expert's assignments are found by a comparison and a ``nonzero`` (sizes become symbols
-    of the graph, nothing is read back to Python), its rows gathered, run through that expert's
-    FFN alone (``experts.expert_ffns()``: a Duo skip path has none, so its rows cost nothing),
-    scaled by their gates and added into the output.  Same arguments and results as
-    ``_dispatch``; inference only (no capacity: evaluation is dropless).
+    of the graph, nothing is read back to Python), its rows gathered and run through that expert's
+    FFN alone (``experts.expert_ffns()``: a Duo skip path has none, so its rows cost nothing);
+    the experts' outputs are concatenated, scaled by their gates and added into the output at
+    once (one gate gather, one multiply, one scatter per FFN and choice: every exported node has a
+    fixed cost in onnxruntime).  Same arguments and results as ``_dispatch``; inference only (no
+    capacity: evaluation is dropless).
     """
     out = flat.new_zeros(flat.shape[0], flat.shape[1], dtype=compute_dtype(flat))
     ffns = experts.expert_ffns()
     for k in range(routing.expert.shape[1]):
         expert, gate = routing.expert[:, k], routing.gate[:, k]
+        chosen, rows, ys = [], [], []
         for e, ffn in ffns:
-            chosen = (expert == e).nonzero().squeeze(1)
-            rows = chosen if index is None else index.index_select(0, chosen)
-            y = ffn(flat.index_select(0, rows)) * gate.index_select(0, chosen).to(out.dtype).unsqueeze(1)
-            out = out.index_add(0, rows, y)
+            c = torch.nonzero(expert == e, as_tuple=True)[0]
+            r = c if index is None else index.index_select(0, c)
+            chosen.append(c)
+            rows.append(r)
+            ys.append(ffn(flat.index_select(0, r)))
+        chosen = torch.cat(chosen)
+        y = torch.cat(ys) * gate.index_select(0, chosen).to(out.dtype).unsqueeze(1)
+        out = out.index_add(0, torch.cat(rows), y)
     return out, routing.expert.new_zeros(())
