@@ -29,7 +29,6 @@ import time
 
 import numpy as np
 import torch
-import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _bench  # noqa: E402

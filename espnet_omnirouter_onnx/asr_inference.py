@@ -18,7 +18,6 @@ import sys
 import time
 from typing import Dict, List, Optional
 
-import numpy as np
 import soundfile
 import yaml
 

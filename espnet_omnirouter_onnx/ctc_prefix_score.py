@@ -4,7 +4,7 @@ The algorithm and its numbers are ESPnet's ``CTCPrefixScoreTH`` for one utteranc
 al. 2017, Algorithm 2; vectorised over hypotheses as Seki et al. 2019), without CTC windowing
 (ESPnet's default ``margin=0``), so the beam search gives ESPnet's hypotheses.
 """
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 

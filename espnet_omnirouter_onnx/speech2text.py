@@ -19,7 +19,8 @@ import yaml
 from espnet_omnirouter_onnx.beam_search import BeamSearch, Hypothesis
 from espnet_omnirouter_onnx.tokens import Tokenizer
 
-FORMAT = "espnet_omnirouter_onnx/1"
+FORMAT = "espnet_omnirouter_onnx/1"  # config.yaml's ``format``, written by espnet_omnirouter.export.model
+CONFIG_NAME = "config.yaml"
 Result = Tuple[str, List[str], List[int], Hypothesis]
 
 
@@ -37,7 +38,7 @@ class Speech2Text:
     def __init__(self, model_dir: str, beam_size: int = 20, ctc_weight: float = 0.5, penalty: float = 0.0,
                  maxlenratio: float = 0.0, minlenratio: float = 0.0, nbest: int = 1,
                  providers: Sequence[str] = ("CPUExecutionProvider",), threads: Optional[int] = None):
-        path = os.path.join(model_dir, "config.yaml")
+        path = os.path.join(model_dir, CONFIG_NAME)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{model_dir}: no config.yaml (make one with python -m "
                                     "espnet_omnirouter.bin.export_onnx --model ... --out DIR)")

@@ -27,9 +27,8 @@ from espnet_omnirouter.export.encoder import INPUT_NAMES, OPSET, OUTPUT_NAMES, e
 from espnet_omnirouter.export.frontend import INPUT_NAMES as FRONTEND_INPUTS
 from espnet_omnirouter.export.frontend import OUTPUT_NAMES as FRONTEND_OUTPUTS
 from espnet_omnirouter.export.frontend import export_frontend, unsupported_frontend
+from espnet_omnirouter_onnx.speech2text import CONFIG_NAME, FORMAT  # the runtime's layout, read there
 
-CONFIG_NAME = "config.yaml"
-FORMAT = "espnet_omnirouter_onnx/1"
 TOKEN_TYPES = ("char", "word", "bpe")
 
 
@@ -49,8 +48,10 @@ def unsupported_model(asr_model: torch.nn.Module, token_type: Optional[str]) -> 
         return "model_conf.ctc_weight: 0 leaves the model without CTC; export needs a CTC"
     if token_type not in TOKEN_TYPES:
         return f"token_type: {token_type!r} is not supported by the ONNX runtime (supported: {list(TOKEN_TYPES)})"
-    return (unsupported_frontend(asr_model.frontend, asr_model.normalize) or unsupported(asr_model.encoder)
-            or (asr_model.decoder is not None and unsupported_decoder(asr_model.decoder)) or None)
+    why = unsupported_frontend(asr_model.frontend, asr_model.normalize) or unsupported(asr_model.encoder)
+    if why is None and asr_model.decoder is not None:
+        why = unsupported_decoder(asr_model.decoder)
+    return why
 
 
 def export_asr_model(asr_model: torch.nn.Module, train_args: Any, out_dir: str, opset: int = OPSET,
