@@ -71,6 +71,11 @@
 #   --stage N / --stop_stage N   1 corpus + stats, 2 models, 3 report      [1 / 3]
 #   --out DIR               report directory                               [<repo>/benchmarks/results]
 #   --report_name NAME      report files <out>/NAME.{md,json}, NAME_loss.png [quality]
+#   --streaming_decode BOOL also decode every model chunk by chunk (run.sh --use_streaming true, batch 1)
+#                           into <decode tag>_streaming; the report sets it beside the full-utterance
+#                           decoding (streaming encoders only: contextual_block_*)   [false]
+#                           A finished run without it gets only the streaming decoding (marker
+#                           <exp>/quality.streaming.done); it needs the run's checkpoint (not in <out>).
 #   --report_args STR       more options of quality_report.py (quoted as in a shell), e.g. reusing rows of an earlier report:
 #                           "--reuse benchmarks/results/quality.json --reuse_models switch omni"
 set -euo pipefail
@@ -102,9 +107,10 @@ stop_stage=3
 out=${repo}/benchmarks/results
 report_name=quality
 report_args=
+streaming_decode=false
 
 _options=(recipe_dir workdir expdir python local_data_opts asr_args inference_config inference_args
-    configs seeds test_sets ood_sets run_opts jobs stage stop_stage out report_name report_args)
+    configs seeds test_sets ood_sets run_opts jobs stage stop_stage out report_name report_args streaming_decode)
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; }
 
@@ -129,6 +135,10 @@ for _o in jobs stage stop_stage; do
     [[ "${!_o}" =~ ^[0-9]+$ ]] || { err "--${_o} must be a non-negative integer, got '${!_o}'"; exit 2; }
 done
 [ "${jobs}" -ge 1 ] || jobs=1
+case "${streaming_decode}" in
+    true | false) ;;
+    *) err "--streaming_decode must be true or false, got '${streaming_decode}'"; exit 2 ;;
+esac
 for _s in ${seeds}; do
     [[ "${_s}" =~ ^[0-9]+$ ]] || { err "--seeds: '${_s}' is not a non-negative integer"; exit 2; }
 done
@@ -180,6 +190,13 @@ for _c in ${configs}; do
     for _m in "${names[@]+"${names[@]}"}"; do
         [ "${_m}" != "${_n}" ] || { err "--configs: model name '${_n}' given twice"; exit 2; }
     done
+    if ${streaming_decode}; then
+        _enc="$(sed -n 's/^encoder:[[:space:]]*\([^[:space:]#]*\).*/\1/p' "${_p}")"
+        [[ "${_enc}" == *contextual_block* ]] || {
+            err "--streaming_decode true: ${_p} has encoder '${_enc}', not a streaming (contextual_block_*) encoder"
+            exit 2
+        }
+    fi
     names+=("${_n}")
     cfgs+=("${_p}")
 done
@@ -223,14 +240,24 @@ run_model() {  # seed name config: stages 5-10 of one model, output to the conso
         --asr_config "${cfg}" --asr_tag "${name}" --asr_args "--seed ${s} ${asr_args}" \
         --inference_tag "${inference_tag}" --inference_args "${inference_args}" \
         "${_run_opts[@]+"${_run_opts[@]}"}" &&
-        "${python}" "${here}/quality_report.py" --count_params "${exp}" && touch "${exp}/quality.done"
+        "${python}" "${here}/quality_report.py" --count_params "${exp}" && touch "${exp}/quality.done" &&
+        { ! ${streaming_decode} || run_streaming "${s}" "${name}" "${cfg}"; }
+}
+
+run_streaming() {  # seed name config: stages 6-7 chunk by chunk (ESPnet's asr_inference_streaming)
+    local s=$1 name=$2 cfg=$3
+    local exp=${expdir}/seed${s}/asr_${name}
+    ./run.sh "${common[@]}" --stage 6 --stop_stage 7 --expdir "${expdir}/seed${s}" \
+        --asr_config "${cfg}" --asr_tag "${name}" --use_streaming true --batch_size 1 \
+        --inference_tag "${inference_tag}_streaming" --inference_args "${inference_args}" \
+        "${_run_opts[@]+"${_run_opts[@]}"}" && touch "${exp}/quality.streaming.done"
 }
 
 keep_run() {  # exp dest: copy the report's inputs of a finished run (no checkpoints)
     local exp=$1 dest=$2 f
     mkdir -p "${dest}"
     (cd "${exp}" && find . \( -name 'train.log*' -o -name config.yaml -o -name RESULTS.md -o -name params.json \
-        -o -name quality.done -o -path './*/*/score_wer/summary.json' -o -path './*/*/score_cer/summary.json' \
+        -o -name 'quality*.done' -o -path './*/*/score_wer/summary.json' -o -path './*/*/score_cer/summary.json' \
         -o -path './routing_analysis/summary.json' -o -path './routing_analysis/summary.md' \) -type f -print0) |
         while IFS= read -r -d '' f; do
             mkdir -p "${dest}/$(dirname "${f}")"
@@ -258,6 +285,18 @@ if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
             if [ -f "${exp}/quality.done" ]; then
                 log "seed ${s}, ${name}: finished earlier (${exp}/quality.done), kept; delete that file to run it again"
                 [ -f "${exp}/params.json" ] || "${python}" "${here}/quality_report.py" --count_params "${exp}"
+                if ${streaming_decode} && [ ! -f "${exp}/quality.streaming.done" ]; then
+                    log "seed ${s}, ${name}: streaming decoding -> ${exp}/${inference_tag}_streaming"
+                    set +e
+                    run_streaming "${s}" "${name}" "${cfgs[$i]}" 2>&1 | tee -a "${logf}"
+                    rc=${PIPESTATUS[0]}
+                    set -e
+                    if [ "${rc}" -ne 0 ]; then
+                        err "seed ${s}, ${name}: streaming decoding failed (status ${rc}); log: ${workdir}/${logf}" \
+                            "(a run restored from ${kept} has no checkpoint: train it again to decode it)"
+                        exit 1
+                    fi
+                fi
                 keep_run "${exp}" "${kept}/seed${s}/asr_${name}"
                 continue
             fi
@@ -310,11 +349,14 @@ fi
 # ---------------------------------------------------------------------------------------------
 if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
     log "Step 3: report -> ${out}/${report_name}.md"
+    _streaming_report=()
+    ${streaming_decode} && _streaming_report=(--streaming_tag "${inference_tag}_streaming")
     # shellcheck disable=SC2086
     # (parameter counts: built from each config.yaml here, where its relative paths hold)
     "${python}" "${here}/quality_report.py" --root "${workdir}/${expdir}" --models "${names[@]}" --seeds ${seeds} \
         --decode_tag "${inference_tag}" --ood_sets ${ood_sets} --dump dump/raw --train_set train \
         --command "${command_line}" --out "${out}" --name "${report_name}" \
+        "${_streaming_report[@]+"${_streaming_report[@]}"}" \
         "${_report_args[@]+"${_report_args[@]}"}"
     log "report: ${out}/${report_name}.md"
 fi

@@ -31,6 +31,8 @@ means: ``100 * (model - reference) / reference``, negative = fewer errors.
         --reuse benchmarks/results/quality.json --reuse_models switch omni
     quality_report.py --root exp --models switch omni --seeds 0 --name quality_y \\
         --spread_from benchmarks/results/quality_transformer_ctc.json
+    quality_report.py --root exp --models dense omni --name quality_streaming \
+        --streaming_tag decode_asr_streaming      (benchmarks/quality_streaming.py)
     quality_report.py --count_params exp/seed1/asr_omni
 """
 
@@ -870,6 +872,10 @@ def markdown(result: Dict) -> str:
         out += _table(["model", "vs", "metric"] + sets + ["OOD avg", "OOD pooled"], rel_rows)
     else:
         out += ["(no reference model: relative changes need `dense` or `switch`)", ""]
+    if result.get("streaming"):
+        import quality_streaming
+
+        out += quality_streaming.markdown(result)
 
     ctc = ctc_only(result)
     out += ["## Training", "", f"![loss curves]({result.get('name', 'quality')}_loss.png)", "",
@@ -1019,6 +1025,9 @@ def main(argv=None) -> int:
     p.add_argument("--spread_from", metavar="JSON", default=None,
                    help="an earlier report's JSON with several seeds of the same models: its seed standard "
                    "deviations judge the differences of a one-seed report")
+    p.add_argument("--streaming_tag", default=None, metavar="TAG",
+                   help="the runs' streaming decode dir (quality.sh --streaming_decode true): set beside the "
+                   "full-utterance decoding (benchmarks/quality_streaming.py)")
     p.add_argument("--note", action="append", default=[], metavar="TEXT",
                    help="a note on the runs for the report's header (repeatable), e.g. a pause during a training")
     args = p.parse_args(argv)
@@ -1061,6 +1070,14 @@ def main(argv=None) -> int:
     if not _runs(result["runs"]):
         print(f"ERROR: no scored run under {args.root}/seed<S>/asr_<model>", file=sys.stderr)
         return 1
+    if args.streaming_tag:
+        import quality_streaming
+
+        try:
+            result["streaming"] = quality_streaming.collect_streaming(result, args.root, args.streaming_tag)
+        except ValueError as e:
+            p.error(str(e))
+        result["verdict"] += quality_streaming.verdict(result)
     result["command"] = args.command
     result["notes"] = args.note
     if args.dump:

@@ -326,12 +326,13 @@ EPOCH_LINE = ("[vm] 2026-11-27 10:{mm}:00,000 (trainer:394) INFO: {ep}epoch resu
 
 
 def fake_run(root: Path, seed: int, model: str, wer: dict, cer: dict = None, epochs=(), moe=False,
-             log_name="train.log", counts=None):
-    """An experiment dir as the recipe leaves it: score summaries, train.log, params, routing."""
+             log_name="train.log", counts=None, tag="decode_fake"):
+    """An experiment dir as the recipe leaves it: score summaries (in decode dir ``tag``), train.log,
+    params, routing."""
     exp = root / f"seed{seed}" / f"asr_{model}"
     for s, w in wer.items():
         for unit, v in (("wer", w), ("cer", (cer or {}).get(s, w / 2))):
-            d = exp / "decode_fake" / s / f"score_{unit}"
+            d = exp / tag / s / f"score_{unit}"
             d.mkdir(parents=True, exist_ok=True)
             n_ref, n_err = (counts or {}).get(s, (1000, None))
             summary = {"Snt": 10, "Wrd": n_ref, "Err": v,
