@@ -88,8 +88,9 @@ def test_quality_sh_adds_streaming_decoding_to_a_finished_run(tmp_path):
                           stderr=subprocess.STDOUT, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-6000:]
     assert "Stage 5" not in proc.stdout and "Stage 8" not in proc.stdout
-    assert "asr_inference_streaming" in proc.stdout
     tag = "decode_asr_maxlenratio0.3_streaming"
+    log = (exp / tag / "test_seen" / "logdir" / "asr_inference.1.log").read_text()
+    assert log.splitlines()[0].split()[2:5] == ["-m", "espnet_omnirouter.bin.asr_inference_streaming", "--batch_size"]
     assert (exp / "quality.streaming.done").is_file()
     kept = out / "quality_runs" / "seed1" / "asr_omni"
     assert (kept / "quality.streaming.done").is_file()
