@@ -18,7 +18,7 @@ import quality_report as qr
 
 def collect_streaming(result: Dict, root: str, tag: str) -> Dict:
     """The streaming decoding ``tag`` of the runs of ``result`` (:func:`quality_report.collect`)."""
-    reused = [m for m in (result.get("reused") or {}).get("models", [])]
+    reused = (result.get("reused") or {}).get("models", [])
     models = [m for m in result["models"] if m not in reused]
     other = qr.collect(root, models, result["seeds"], tag, result["ood_sets"],
                        spread_from=result.get("spread_from"))

@@ -3,7 +3,6 @@ experiment dirs, and ``quality.sh --streaming_decode true`` end to end on a tiny
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
