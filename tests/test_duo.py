@@ -333,6 +333,27 @@ def test_strict_reload_of_a_trained_duo_model(tmp_path):
         assert torch.equal(fresh.state_dict()[key], value), key
 
 
+def test_shared_router_stage2_starts_from_a_per_slot_stage1(tmp_path):
+    """conf/train_asr_duo_conformer_router_shared.yaml's command: the stage-1 checkpoint's unused
+    per-slot routers are filtered out by ESPnet's --ignore_init_mismatch; without it they are refused."""
+    from espnet2.torch_utils.load_pretrained_model import load_pretrained_model
+
+    stage1 = ASRTask.build_model(build_args(os.path.join(ROOT, "conf", "tiny", "train_asr_duo_conformer.yaml"), tmp_path))
+    torch.save(stage1.state_dict(), tmp_path / "stage1.pth")
+    args = build_args(os.path.join(ROOT, "conf", "tiny", "train_asr_duo_conformer_router.yaml"), tmp_path)
+    args.encoder_conf["duo_router"] = "shared"
+    shared = ASRTask.build_model(args)
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        load_pretrained_model(str(tmp_path / "stage1.pth"), shared, ignore_init_mismatch=False)
+    router = {k: v.clone() for k, v in shared.state_dict().items() if "router" in k}
+    load_pretrained_model(str(tmp_path / "stage1.pth"), shared, ignore_init_mismatch=True)
+    state = shared.state_dict()
+    assert len(router) == 1 and all(torch.equal(state[k], v) for k, v in router.items())
+    for key, value in stage1.state_dict().items():
+        if "router" not in key:
+            assert torch.equal(state[key], value), key
+
+
 def test_frozen_backbone_trains_only_the_routers(tmp_path):
     args = build_args(os.path.join(ROOT, "conf", "tiny", "train_asr_duo_conformer_router.yaml"), tmp_path)
     model = ASRTask.build_model(args)
