@@ -19,7 +19,6 @@ the step allocates them, so they count).
     per case would also include those and needs one interpreter + ESPnet import per
     measurement; ``tracemalloc`` does not see tensor storage at all.)
 """
-import json
 import os
 import platform
 import statistics
@@ -274,18 +273,3 @@ def peak_memory(step: Callable[[], None], device: torch.device) -> int:
         current += size
         peak = max(peak, current)
     return peak
-
-
-def write_json(path: str, payload: Dict[str, object]) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(payload, f, indent=1)
-        f.write("\n")
-    print(f"wrote {path}")
-
-
-def write_json_and_report(path: str, payload: Dict[str, object], report: str) -> None:
-    """``payload`` to the JSON file ``path`` and ``report`` (markdown) beside it, as ``<name>.md``."""
-    write_json(path, payload)
-    with open(os.path.splitext(path)[0] + ".md", "w") as f:
-        f.write(report)

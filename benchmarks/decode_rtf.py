@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _bench  # noqa: E402
-from _tables import decode_rtf_table  # noqa: E402
+from _report import decode_rtf_table, write_json  # noqa: E402
 from roe import read_kaldi  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -125,7 +125,7 @@ def main(argv=None):
                             same_words_as=[r for r in runs if r != run and hyps[r] == hyps[run]])
     print(decode_rtf_table(results))
     if args.out:
-        _bench.write_json(args.out, dict(
+        write_json(args.out, dict(
             benchmark="decode_rtf", machine=info, machine_load=dict(before=load, after=_bench.cpu_pressure()),
             config=dict(vars(args), model=dict(args.model), utterances=len(utts), audio_s=audio_s, words=words),
             results=results,

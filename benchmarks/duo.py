@@ -43,11 +43,17 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _bench import git_commit, machine_info, write_json  # noqa: E402
+from _bench import git_commit, machine_info  # noqa: E402
+from _report import checkout_relative, write_json  # noqa: E402
 from encoder_infer import greedy_ctc as greedy  # noqa: E402
 from roe import edit_distance  # noqa: E402
 
 TESTS = ["test_seen", "test_unseen_voice", "test_noisy", "test_tempo", "test_real"]
+
+
+def model_path(exp: str) -> str:
+    """``exp`` as written into the JSON: relative to the repository root when it is in a checkout."""
+    return checkout_relative(os.path.abspath(exp))
 
 
 def read_set(data_dir: str, name: str, limit: Optional[int] = None):
@@ -373,7 +379,7 @@ def main(argv=None):
         dev_order = list(range(earlier["dev"]["utts"]))
         args.budgets, args.dev = earlier["budgets"], earlier["dev"]["set"]
         args.oracle_utts, args.random_patterns = earlier["oracle_utts"], earlier["random_patterns"]
-        if earlier["stage1"] != os.path.abspath(args.stage1) or earlier["stage2"] != os.path.abspath(args.stage2):
+        if (earlier["stage1"], earlier["stage2"]) != (model_path(args.stage1), model_path(args.stage2)):
             raise SystemExit(f"--speed_from {args.speed_from}: measured other models ({earlier['stage1']}, {earlier['stage2']})")
     else:
         points, results, oracle_patterns, biases, dev_order = run_study(args, s1, s2, stage1, rng, t_start)
@@ -441,8 +447,8 @@ def main(argv=None):
         "commit": git_commit(),
         "machine": machine_info(torch.device("cpu")),
         "threads": args.threads,
-        "stage1": os.path.abspath(args.stage1),
-        "stage2": os.path.abspath(args.stage2),
+        "stage1": model_path(args.stage1),
+        "stage2": model_path(args.stage2),
         "checkpoint": args.checkpoint,
         "costs": costs,
         "slots": list(stage1.encoder.duo_names),

@@ -17,6 +17,7 @@ import sys
 from typing import Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _report import checkout_relative  # noqa: E402
 
 OOD = ["test_unseen_voice", "test_noisy", "test_tempo", "test_real"]
 LABELS = {"big": "all big", "small": "all small", "learned": "learned router (as trained)"}
@@ -158,7 +159,7 @@ def main(argv=None):
                      + " | ".join(fmt(r["wer"][s]) for s in sets) + f" | {fmt(r['ood'])} | {fmt(r['rtf'], 4)} | "
                      + fmt(speed, 2, "x") + (f" | {fmt(vs_dense, 2, 'x')}" if dense_rtf else "") + " |")
     if dense_rtf:
-        lines.append(f"| dense Conformer (speed only) | 1.000 | " + " | ".join("-" for _ in sets)
+        lines.append("| dense Conformer (speed only) | 1.000 | " + " | ".join("-" for _ in sets)
                      + f" | - | {fmt(dense_rtf, 4)} | {fmt(big['rtf'] / dense_rtf if big['rtf'] else None, 2, 'x')} | 1.00x |")
     lines.append("")
 
@@ -238,7 +239,7 @@ def main(argv=None):
         lines.append("")
     lines.append(f"![Pareto]({os.path.basename(out_png)})")
     with open(out_md, "w") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write(checkout_relative("\n".join(lines) + "\n"))
     print(f"wrote {out_md}")
 
     import matplotlib

@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _bench  # noqa: E402
 from encoder_infer import parse_case  # noqa: E402
-from _tables import parts_table  # noqa: E402
+from _report import parts_table, write_json  # noqa: E402
 from encoder_step import DEFAULT_CONFIGS, load_encoder  # noqa: E402
 
 from espnet_omnirouter.moe import MoEFeedForward, gemm_batch, native  # noqa: E402
@@ -180,7 +180,7 @@ def main(argv=None):
     print(parts_table(cases, args.target))
     print(f"# total {elapsed:.0f} s")
     if args.out:
-        _bench.write_json(args.out, dict(
+        write_json(args.out, dict(
             benchmark="encoder_ffn_parts", machine=info,
             config=dict(vars(args), cases=[list(c) for c in args.cases], elapsed_s=elapsed,
                         configs={k: getattr(args, f"{k}_config") for k in DEFAULT_CONFIGS}),

@@ -43,7 +43,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _bench  # noqa: E402
-from _tables import infer_table  # noqa: E402
+from _report import infer_table, write_json  # noqa: E402
 from encoder_step import DEFAULT_CONFIGS, load_encoder  # noqa: E402
 
 from espnet_omnirouter.inference.duo import DuoDecodeConfig, slot_policies  # noqa: E402
@@ -294,7 +294,7 @@ def main(argv=None):
     print(infer_table(cases))
     print(f"# total {elapsed:.0f} s")
     if args.out:
-        _bench.write_json(
+        write_json(
             args.out,
             dict(
                 benchmark="encoder_infer",

@@ -24,7 +24,7 @@ import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _bench  # noqa: E402
-from _tables import encoder_table  # noqa: E402
+from _report import encoder_table, write_json  # noqa: E402
 
 from espnet2.asr.encoder.conformer_encoder import ConformerEncoder  # noqa: E402
 from espnet2.asr.encoder.contextual_block_conformer_encoder import ContextualBlockConformerEncoder  # noqa: E402
@@ -142,7 +142,7 @@ def main(argv=None):
     print(encoder_table(results, memory=not args.no_memory))
     print(f"# total {elapsed:.0f} s")
     if args.out:
-        _bench.write_json(
+        write_json(
             args.out,
             dict(
                 benchmark="encoder_step",

@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _bench  # noqa: E402
-from _tables import rows_table  # noqa: E402
+from _report import rows_table, write_json  # noqa: E402
 
 from espnet.nets.pytorch_backend.conformer.swish import Swish  # noqa: E402
 from espnet.nets.pytorch_backend.transformer.positionwise_feed_forward import (  # noqa: E402
@@ -106,7 +106,7 @@ def main(argv=None):
     print(rows_table(cases))
     print(f"# total {elapsed:.0f} s")
     if args.out:
-        _bench.write_json(args.out, dict(
+        write_json(args.out, dict(
             benchmark="ffn_infer_rows", machine=info,
             config=dict(vars(args), dims=list(args.dims), elapsed_s=elapsed, activation="espnet Swish"),
             cases=cases,

@@ -34,7 +34,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _bench  # noqa: E402
-from _tables import cell_faults, cell_mem, cell_time, table  # noqa: E402
+from _report import cell_faults, cell_mem, cell_time, table, write_json  # noqa: E402
 
 from espnet.nets.pytorch_backend.conformer.swish import Swish  # noqa: E402
 from espnet.nets.pytorch_backend.transformer.positionwise_feed_forward import (  # noqa: E402
@@ -441,7 +441,7 @@ def main(argv=None):
             cases=cases,
         )
     if args.out:
-        _bench.write_json(args.out, payload)
+        write_json(args.out, payload)
     return cases
 
 

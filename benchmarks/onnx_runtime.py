@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _bench  # noqa: E402
+from _report import write_json_and_report  # noqa: E402
 from encoder_step import DEFAULT_CONFIGS, load_encoder  # noqa: E402
 
 MODELS = ("dense", "omni")
@@ -223,7 +224,7 @@ def main(argv=None):
         payload["encoder_speed"] = {}
     print(report(payload))
     if args.out:
-        _bench.write_json_and_report(args.out, payload, report(payload))
+        write_json_and_report(args.out, payload, report(payload))
 
 
 if __name__ == "__main__":

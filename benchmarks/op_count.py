@@ -32,7 +32,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _bench  # noqa: E402
 import encoder_step  # noqa: E402
-from _tables import op_count_table  # noqa: E402
+from _report import op_count_table, write_json  # noqa: E402
 
 from espnet.nets.pytorch_backend.conformer.swish import Swish  # noqa: E402
 from espnet.nets.pytorch_backend.transformer.positionwise_feed_forward import (  # noqa: E402
@@ -145,7 +145,7 @@ def main(argv=None):
     if args.out:
         for r in results["encoder"].values():
             del r["ops"]  # thousands of names; the FFN's are kept
-        _bench.write_json(
+        write_json(
             args.out,
             dict(
                 benchmark="op_count",

@@ -46,6 +46,9 @@ import re
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _report import checkout_relative  # noqa: E402
+
 DEFAULT_OOD = ["test_unseen_voice", "test_noisy", "test_tempo", "test_real"]
 SET_ORDER = ["test_seen", "test_unseen_voice", "test_noisy", "test_tempo", "test_real"]
 # model names of quality.sh --configs -> labels; {backbone} is the encoder family of the run's config.yaml
@@ -964,23 +967,6 @@ def data_info(dump: str, train_set: str, sets: Sequence[str]) -> Optional[Dict]:
                 tests[s] = sum(1 for line in f if line.strip())
     return {"train_set": train_set, "train_utts": len(samples), "train_hours": sum(samples) / 16000 / 3600,
             "test_utts": tests}
-
-
-# An absolute path into a checkout, up to the checkout's top-level directory: /tmp/q7/egs2/... -> egs2/...
-_CHECKOUT_PREFIX = re.compile(r"(?<![\w.])/(?:[^\s`'\"/]+/)+?(?=(?:egs2|benchmarks|conf)/)")
-
-
-def checkout_relative(value):
-    """``value`` (a string, or lists/dicts of them) with every absolute path into a checkout cut to
-    the part from the checkout's top-level directory on (``/tmp/q7/egs2/synth_en/asr1/exp`` ->
-    ``egs2/synth_en/asr1/exp``): relative to the repository root of the checkout the runs were in."""
-    if isinstance(value, str):
-        return _CHECKOUT_PREFIX.sub("", value)
-    if isinstance(value, list):
-        return [checkout_relative(v) for v in value]
-    if isinstance(value, dict):
-        return {k: checkout_relative(v) for k, v in value.items()}
-    return value
 
 
 def write_report(result: Dict, out_dir: str, name: str = "quality") -> Dict[str, str]:

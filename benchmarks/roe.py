@@ -33,6 +33,9 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _report import write_json_and_report  # noqa: E402
+
 DEFAULT_OOD = ["test_unseen_voice", "test_noisy", "test_tempo", "test_real"]
 SET_ORDER = ["test_seen", "test_unseen_voice", "test_noisy", "test_tempo", "test_real"]
 LABELS = {"dense": "Dense Conformer", "switch": "Switch Conformer", "omni": "Omni-router Conformer"}
@@ -405,14 +408,9 @@ def _bool(s: str) -> bool:
 
 
 def write_report(result: Dict, out: str) -> None:
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "roe.json"), "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=1)
-    with open(os.path.join(out, "roe.md"), "w", encoding="utf-8") as f:
-        f.write(markdown(result))
+    write_json_and_report(os.path.join(out, "roe.json"), result, markdown(result))
     for m in result["models"].values():
         print(m["sentence"])
-    print(f"wrote {os.path.join(out, 'roe.md')} and {os.path.join(out, 'roe.json')}")
 
 
 def rewrite_report(path: str, out: str) -> int:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU numbers of benchmarks/README.md, then the README tables regenerated from the JSON.
+# The CPU numbers of benchmarks/results/ffn_speed.md and training_step.md, then their tables regenerated from the JSON.
 #
 #  1. 1 thread: both benchmarks.  One thread is not stalled by other jobs the way an OpenMP
 #     team is (see README.md), so these ratios hold on a busy machine too.
@@ -27,4 +27,4 @@ QUIET=(--quiet-psi "$PSI" --quiet-wait-s 30 --quiet-retries 1)
 "$PYTHON" benchmarks/moe_ffn.py "${QUIET[@]}" --experts 8,16 --frames 8192 --dims 256x1024 \
     --variants dense,moe,moe_gmm --out $OUT/moe_ffn_impls.json
 
-"$PYTHON" benchmarks/make_readme.py
+"$PYTHON" benchmarks/make_reports.py

@@ -24,6 +24,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 import _bench  # noqa: E402
+from _report import write_json  # noqa: E402
 import torch  # noqa: E402
 from installs import HOOK_MODULE, HOOK_PTH, NO_HOOK_ENV, build_wheel, fresh_env, make_venv, site_packages  # noqa: E402
 
@@ -83,7 +84,7 @@ def main(argv=None):
         print(f"  {name:40s} {ms:7.2f}   {ms - base:+6.2f} ms vs no hook")
     print(f"  {HOOK_MODULE} import (-X importtime, self, median of {len(hook_us)}): {_bench.median(hook_us)} µs")
     if args.out:
-        _bench.write_json(args.out, {
+        write_json(args.out, {
             "machine": _bench.machine_info(torch.device("cpu")),
             "config": {"warmup": args.warmup, "repeats": args.repeats, "python": sys.version.split()[0],
                        "commit": _bench.git_commit()},

@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _bench  # noqa: E402
+from _report import write_json_and_report  # noqa: E402
 from encoder_step import load_encoder  # noqa: E402
 from espnet_omnirouter.hub import load_asr_model  # noqa: E402
 
@@ -162,7 +163,7 @@ def main(argv=None):
     }
     print(report(payload))
     if args.out:
-        _bench.write_json_and_report(args.out, payload, report(payload))
+        write_json_and_report(args.out, payload, report(payload))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ the first screen holds what it is, install and the two commands.
 
 The checks are functions of the README's text and a repository root, so the tests below also run
 them on a copy of the repository with a linked file renamed (and with other breakages), which must
-fail.  benchmarks/README.md: its links exist, and make_readme.py keeps its hand-written sections.
+fail.  benchmarks/README.md, the speed reports and the recipe README: their links exist, and
+make_reports.py keeps the reports' hand-written parts and writes exactly their committed tables.
 
 Adding a section to the README: a "##" section above "## Results"; a new headline number is one
 row of the Results table, linking to the report that holds the details.
@@ -197,24 +198,39 @@ def test_readme_links_paths_and_commands_exist():
     assert readme_problems(REPO) == []
 
 
-def test_benchmarks_readme_links_exist():
-    assert link_problems(REPO / "benchmarks" / "README.md", REPO) == []
-
-
-def test_benchmarks_readme_survives_make_readme(tmp_path):
-    """make_readme.py rewrites only its generated part: the hand-written sections that hold the
-    narratives behind the README's Results stay, and the committed tables are what the JSON makes."""
+def benchmark_documents():
+    """The hand-maintained Markdown of the studies: benchmarks/README.md, the recipe READMEs and the
+    speed reports that make_reports.py fills in."""
     sys.path.insert(0, str(REPO / "benchmarks"))
-    import make_readme
+    import make_reports
 
-    copy = tmp_path / "README.md"
-    shutil.copy(REPO / "benchmarks" / "README.md", copy)
-    make_readme.main(["--readme", str(copy)])
-    text = copy.read_text(encoding="utf-8")
-    for head in ("## How `make demo` was measured", "## Quality: dense vs Switch vs Omni-router Conformer",
-                 "## RoE inference", "## Speed and memory in brief"):
-        assert head in text
-    assert text == (REPO / "benchmarks" / "README.md").read_text(encoding="utf-8")
+    docs = [REPO / "benchmarks" / "README.md", *sorted(REPO.glob("egs2/*/asr1/README.md"))]
+    return docs + [REPO / "benchmarks" / "results" / r for r in make_reports.REPORTS]
+
+
+def test_benchmark_documents_links_exist():
+    docs = benchmark_documents()
+    assert len(docs) >= 6 and all(d.is_file() for d in docs)
+    assert {d: link_problems(d, REPO) for d in docs} == {d: [] for d in docs}
+
+
+def test_speed_reports_are_what_their_json_make(tmp_path):
+    """make_reports.py rewrites only the generated part of each report: the committed reports are what
+    their JSON files make (--check), the hand-written parts stay, and an edited table is caught."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import make_reports
+
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "benchmarks" / "results", results, ignore=shutil.ignore_patterns("*_runs", "*.png"))
+    make_reports.main(["--results", str(results), "--check"])
+    make_reports.main(["--results", str(results)])
+    for report in make_reports.REPORTS:
+        assert (results / report).read_text(encoding="utf-8") == (REPO / "benchmarks" / "results" / report).read_text(encoding="utf-8")
+    assert "## Shared machine: CPU contention" in (results / "ffn_speed.md").read_text(encoding="utf-8")
+    edited = results / "training_step.md"
+    edited.write_text(edited.read_text(encoding="utf-8").replace("| dense |", "| dense (edited) |", 1), encoding="utf-8")
+    with pytest.raises(SystemExit, match="training_step.md"):
+        make_reports.main(["--results", str(results), "--check"])
 
 
 def test_readme_names_the_commands_it_checks():
@@ -247,7 +263,7 @@ def test_checks_pass_on_a_copy_and_fail_when_a_linked_file_is_renamed(tmp_path):
 @pytest.mark.parametrize("edit, expected", [
     (lambda t: t.replace("make test", "make tests", 1), "make tests: no such target"),
     (lambda t: t.replace("espnet_omnirouter.bin.asr_train", "espnet_omnirouter.bin.train", 1), "no file"),
-    (lambda t: t.replace("#how-make-demo-was-measured", "#how-the-demo-was-measured", 1), "no heading"),
+    (lambda t: t.replace("decoding_speed.md#findings", "decoding_speed.md#what-it-found", 1), "no heading"),
     (lambda t: t.replace("`conf/train_lm.yaml`", "`conf/train_lm_big.yaml`", 1), None),
     (lambda t: t.replace("import load_speech2text", "import load_model", 1), "load_model not defined"),
     (lambda t: t.replace("## Results\n", "## Results\n\n| a | " + "x" * 201 + " |\n", 1), "table cell of 201"),

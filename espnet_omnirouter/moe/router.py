@@ -94,7 +94,7 @@ class Router(nn.Module):
             probs = logits.softmax(dim=-1)
             if self.selection_noise is None and self.top_k == 1:
                 # max, not topk: CUDA's topk kernel took 0.4 ms of a 13 ms MoE step at 256k
-                # frames (benchmarks/results/profile_ffn_h200_b8292a2.log); max is one reduction.
+                # frames (benchmarks/results/gpu_h200_2026-11/profile_ffn_h200_b8292a2.log); max is one reduction.
                 gate, expert = probs.max(dim=-1, keepdim=True)
             elif self.selection_noise is None:
                 gate, expert = probs.topk(self.top_k, dim=-1)

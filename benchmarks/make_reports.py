@@ -1,10 +1,12 @@
-"""Regenerate the measured sections of benchmarks/README.md from the JSON results.
+"""Regenerate the tables of the speed reports from the JSON results.
 
-Every number in the README between the ``<!-- BEGIN GENERATED -->`` and
-``<!-- END GENERATED -->`` markers comes from ``benchmarks/results/*.json``; nothing there is
-typed by hand.
+Each report of :data:`REPORTS` (``benchmarks/results/<name>.md``) holds a hand-written part (how it was
+measured, what it found) and, between the ``<!-- BEGIN GENERATED -->`` and ``<!-- END GENERATED -->``
+markers, tables made here from the JSON files beside it (the GPU ones from :data:`GPU_DIR`); nothing
+between the markers is typed by hand.
 
-    python benchmarks/make_readme.py            # rewrites benchmarks/README.md
+    python benchmarks/make_reports.py            # rewrites the reports' tables
+    python benchmarks/make_reports.py --check    # exit status 1 if a report is not what its JSON makes
 """
 import argparse
 import json
@@ -12,10 +14,12 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _tables import decode_rtf_table, encoder_table, infer_table, parts_table, rows_table, stall, table  # noqa: E402
+from _report import decode_rtf_table, encoder_table, infer_table, parts_table, rows_table, stall, table  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BEGIN, END = "<!-- BEGIN GENERATED -->", "<!-- END GENERATED -->"
+# the CUDA results: borrowed H200s, November 2026 (no GPU since to run them again)
+GPU_DIR = "gpu_h200_2026-11/"
 
 # (JSON file, title); missing files are left out.
 MOE_RUNS = [
@@ -24,17 +28,17 @@ MOE_RUNS = [
     ("moe_ffn_impls.json", "CPU, our two expert implementations (`moe`: fused loop, the CPU default; `moe_gmm`: torch._grouped_mm)"),
     ("moe_ffn_page_faults.json", "CPU, page faults per step (glibc malloc as installed)"),
     ("moe_ffn_page_faults_no_mmap.json", "CPU, page faults per step, glibc's mmap off (`MALLOC_MMAP_MAX_=0`)"),
-    ("moe_ffn_cuda_full.json", "CUDA, full grid, eager"),
-    ("moe_ffn_cuda.json", "CUDA, gpu_check.sh's reduced grid, eager"),
-    ("moe_ffn_cuda_large.json", "CUDA, 128k and 256k frames (GPU-bound), eager"),
-    ("moe_ffn_cuda_compile.json", "CUDA, torch.compile (default mode)"),
-    ("moe_ffn_cuda_cudagraphs.json", "CUDA, torch.compile mode=reduce-overhead (CUDA graphs)"),
+    (GPU_DIR + "moe_ffn_cuda_full.json", "CUDA, full grid, eager"),
+    (GPU_DIR + "moe_ffn_cuda.json", "CUDA, gpu_check.sh's reduced grid, eager"),
+    (GPU_DIR + "moe_ffn_cuda_large.json", "CUDA, 128k and 256k frames (GPU-bound), eager"),
+    (GPU_DIR + "moe_ffn_cuda_compile.json", "CUDA, torch.compile (default mode)"),
+    (GPU_DIR + "moe_ffn_cuda_cudagraphs.json", "CUDA, torch.compile mode=reduce-overhead (CUDA graphs)"),
 ]
 # CUDA acceptance (issue: "at most 1.3x dense" in bf16): (JSON file, how the modules ran)
 CUDA_ACCEPTANCE_RUNS = [
-    ("moe_ffn_cuda_full.json", "eager"),
-    ("moe_ffn_cuda_compile.json", "torch.compile"),
-    ("moe_ffn_cuda_cudagraphs.json", "torch.compile, CUDA graphs"),
+    (GPU_DIR + "moe_ffn_cuda_full.json", "eager"),
+    (GPU_DIR + "moe_ffn_cuda_compile.json", "torch.compile"),
+    (GPU_DIR + "moe_ffn_cuda_cudagraphs.json", "torch.compile, CUDA graphs"),
 ]
 # Decoding-time encoder cost (encoder_infer.py) and end-to-end decoding (decode_rtf.py).
 INFER_RUNS = [
@@ -48,19 +52,19 @@ DECODE_RTF_RUNS = [("decode_rtf.json", "CPU, beam search with the character LM, 
 ENCODER_RUNS = [
     ("encoder_step.json", "CPU"),
     ("encoder_step_1thread.json", "CPU, 1 thread"),
-    ("encoder_step_cuda.json", "CUDA"),
-    ("encoder_step_cuda_b64.json", "CUDA, batch 64"),
-    ("encoder_step_cuda_b256.json", "CUDA, batch 256"),
+    (GPU_DIR + "encoder_step_cuda.json", "CUDA"),
+    (GPU_DIR + "encoder_step_cuda_b64.json", "CUDA, batch 64"),
+    (GPU_DIR + "encoder_step_cuda_b256.json", "CUDA, batch 256"),
 ]
 # CUDA eager runs of an earlier commit and of the current code, same grid (before, after).
 BEFORE_AFTER_FFN = [
-    ("moe_ffn_cuda_b8292a2.json", "moe_ffn_cuda.json"),
-    ("moe_ffn_cuda_large_b8292a2.json", "moe_ffn_cuda_large.json"),
+    (GPU_DIR + "moe_ffn_cuda_b8292a2.json", GPU_DIR + "moe_ffn_cuda.json"),
+    (GPU_DIR + "moe_ffn_cuda_large_b8292a2.json", GPU_DIR + "moe_ffn_cuda_large.json"),
 ]
 BEFORE_AFTER_ENCODER = [
-    ("encoder_step_cuda_b8292a2.json", "encoder_step_cuda.json"),
-    ("encoder_step_cuda_b64_b8292a2.json", "encoder_step_cuda_b64.json"),
-    ("encoder_step_cuda_b256_b8292a2.json", "encoder_step_cuda_b256.json"),
+    (GPU_DIR + "encoder_step_cuda_b8292a2.json", GPU_DIR + "encoder_step_cuda.json"),
+    (GPU_DIR + "encoder_step_cuda_b64_b8292a2.json", GPU_DIR + "encoder_step_cuda_b64.json"),
+    (GPU_DIR + "encoder_step_cuda_b256_b8292a2.json", GPU_DIR + "encoder_step_cuda_b256.json"),
 ]
 
 
@@ -196,13 +200,13 @@ def cuda_acceptance(results_dir):
             c = worst[1]
             label = f"moe / dense time, worst of {len(run['cases'])} cases (d={c['d']} S={c['frames']} E={c['experts']}), {how}"
             lines.append(check(label, worst[0], "<= 1.3", stall_column=False) + f" {commit(run)} |")
-    run = large = load(results_dir, "moe_ffn_cuda_large.json")
+    run = large = load(results_dir, GPU_DIR + "moe_ffn_cuda_large.json")
     if large is not None:
         for pick, word in ((min, "best"), (max, "worst")):
             r, c = pick((ratio(c, "moe"), c) for c in large["cases"])
             label = f"moe / dense time, {word} of {len(large['cases'])} GPU-bound cases (d={c['d']} S={c['frames']} E={c['experts']}), eager"
             lines.append(check(label, r, "<= 1.3", stall_column=False) + f" {commit(run)} |")
-    for name in ("encoder_step_cuda.json", "encoder_step_cuda_b64.json", "encoder_step_cuda_b256.json"):
+    for name in (GPU_DIR + "encoder_step_cuda.json", GPU_DIR + "encoder_step_cuda_b64.json", GPU_DIR + "encoder_step_cuda_b256.json"):
         run = enc = load(results_dir, name)
         if enc is None:
             continue
@@ -218,10 +222,10 @@ def cuda_acceptance(results_dir):
 
 # op_count.py runs: the current code, and an earlier code; with the CUDA eager runs of each
 # (moe_ffn JSON, encoder_step JSON).
-OP_COUNT_NOW, OP_COUNT_TIMED = "op_count.json", "op_count_87ea7b9.json"
+OP_COUNT_NOW, OP_COUNT_TIMED = "op_count.json", GPU_DIR + "op_count_87ea7b9.json"
 OP_COUNT_CUDA = {
-    OP_COUNT_NOW: ("moe_ffn_cuda.json", "encoder_step_cuda.json"),
-    OP_COUNT_TIMED: ("moe_ffn_cuda_full_87ea7b9.json", "encoder_step_cuda_87ea7b9.json"),
+    OP_COUNT_NOW: (GPU_DIR + "moe_ffn_cuda.json", GPU_DIR + "encoder_step_cuda.json"),
+    OP_COUNT_TIMED: (GPU_DIR + "moe_ffn_cuda_full_87ea7b9.json", GPU_DIR + "encoder_step_cuda_87ea7b9.json"),
 }
 
 
@@ -270,13 +274,13 @@ def op_count_section(results_dir):
                 row += cells(timed, OP_COUNT_TIMED, group, key)
             row += cells(now, OP_COUNT_NOW, group, key)
             lines.append("| " + " | ".join(row) + " |")
-    title = f"### Kernel launches and host syncs per training step, counted on CPU (`results/{OP_COUNT_NOW}`"
-    title += f", `results/{OP_COUNT_TIMED}`)" if timed else ")"
+    title = f"### Kernel launches and host syncs per training step, counted on CPU (`{OP_COUNT_NOW}`"
+    title += f", `{OP_COUNT_TIMED}`)" if timed else ")"
     note = (
         "Kernels: non-view ATen operators of one forward+backward (the count, and the ratio to dense); "
         "host syncs: those that make the host wait for CUDA (ESPnet's own `make_pad_mask` accounts "
         "for 3 in every encoder). CUDA eager time: measured on the H200 on the same code "
-        f"({', '.join('`results/%s`' % n for pair in OP_COUNT_CUDA.values() for n in pair)}; "
+        f"({', '.join('`%s`' % n for pair in OP_COUNT_CUDA.values() for n in pair)}; "
         "FFN: range over the E=8, 8k/32k-frame cases; encoder: batch 8)."
     )
     return f"\n{title}\n\n{note}\n\n" + "\n".join(lines) + "\n"
@@ -312,7 +316,7 @@ def before_after_section(results_dir):
                 )
     if not lines:
         return ""
-    names = ", ".join(f"`results/{b}`" for b, _ in BEFORE_AFTER_FFN + BEFORE_AFTER_ENCODER)
+    names = ", ".join(f"`{b}`" for b, _ in BEFORE_AFTER_FFN + BEFORE_AFTER_ENCODER)
     return (
         f"\n### CUDA eager time before and after commit {tags[1]} ({names} and the same names without the suffix)\n\n"
         "Dense step time and moe (or encoder) / dense time ratio; each commit measured in its own "
@@ -321,7 +325,11 @@ def before_after_section(results_dir):
     )
 
 
-def generate(results_dir):
+def _cpu(name):
+    return not name.startswith(GPU_DIR)
+
+
+def acceptance_sections(results_dir):
     out = []
     for moe_name, enc_name, title in ACCEPTANCE_RUNS:
         moe, enc = load(results_dir, moe_name), load(results_dir, enc_name)
@@ -330,20 +338,19 @@ def generate(results_dir):
         threads = (moe or enc)["machine"]["threads"]
         out.append(
             f"### Acceptance, CPU, {title} ({threads} thread{'s' if threads != 1 else ''}; "
-            f"`results/{moe_name}`, `results/{enc_name}`)\n"
+            f"`{moe_name}`, `{enc_name}`)\n"
         )
         out.append(acceptance(moe, enc) + "\n")
-    cuda = cuda_acceptance(results_dir)
-    if cuda:
-        out.append(cuda)
-    for section in (op_count_section(results_dir), before_after_section(results_dir)):
-        if section:
-            out.append(section)
+    return out
+
+
+def moe_ffn_sections(results_dir, names):
+    out = []
     for name, title in MOE_RUNS:
-        run = load(results_dir, name)
+        run = load(results_dir, name) if name in names else None
         if run is None:
             continue
-        out.append(f"\n### MoE FFN, {title} (`results/{name}`)\n")
+        out.append(f"\n### MoE FFN, {title} (`{name}`)\n")
         out.append(machine_line(run) + f" | total {run['config']['elapsed_s']:.0f} s\n")
         out.append(
             "Times: dense in ms, the others as a ratio to dense (lower is faster); `loop/moe`: how "
@@ -354,25 +361,35 @@ def generate(results_dir):
             + "\n"
         )
         out.append(table(run["cases"], run["config"]["variants"], memory=not run["config"].get("no_memory")))
+    return out
+
+
+def encoder_step_sections(results_dir, names):
+    out = []
     for name, title in ENCODER_RUNS:
-        run = load(results_dir, name)
+        run = load(results_dir, name) if name in names else None
         if run is None:
             continue
         c = run["config"]
-        out.append(f"\n### Encoder training step, {title} (`results/{name}`)\n")
+        out.append(f"\n### Encoder training step, {title} (`{name}`)\n")
         out.append(
             machine_line(run)
             + f" | batch {c['batch']} x {c['seconds']:g} s, lengths {c['ilens']}"
             + f" | CPU stall while timing {stall(run.get('machine_load'))}\n"
         )
         out.append(encoder_table(run["results"], memory=not c.get("no_memory")))
+    return out
+
+
+def decoding_sections(results_dir):
+    out = []
     for name, title in INFER_RUNS:
         run = load(results_dir, name)
         if run is None:
             continue
         c = run["config"]
         source = ", ".join(f"{k}: {v['exp']}/{v['checkpoint']}" for k, v in c["configs"].items() if "exp" in v)
-        out.append(f"\n### Encoder inference, {title} (`results/{name}`)\n")
+        out.append(f"\n### Encoder inference, {title} (`{name}`)\n")
         out.append(
             machine_line(run) + " | " + (f"models {source}" if source else "recipe configs")
             + (f" | audio {c['audio']}" if c.get("audio") else "") + "\n"
@@ -389,7 +406,7 @@ def generate(results_dir):
         out.append(infer_table(run["cases"]))
     run = load(results_dir, PARTS_RUN)
     if run is not None:
-        out.append(f"\n### Encoder FFNs in parts, CPU, freshly initialised encoders (`results/{PARTS_RUN}`)\n")
+        out.append(f"\n### Encoder FFNs in parts, CPU, freshly initialised encoders (`{PARTS_RUN}`)\n")
         out.append(machine_line(run) + " | recipe configs\n")
         out.append(
             "Per FFN (the encoder's FFNs run in turn on their recorded inputs, `encoder_ffn_parts.py`): all of it, "
@@ -400,10 +417,27 @@ def generate(results_dir):
             f"{run['config']['target']:g}x the dense encoder.\n"
         )
         out.append(parts_table(run["cases"], run["config"]["target"]))
+    for name, title in DECODE_RTF_RUNS:
+        run = load(results_dir, name)
+        if run is None:
+            continue
+        c = run["config"]
+        out.append(f"\n### End-to-end decoding, {title} (`{name}`)\n")
+        models = ", ".join(f"{k}: {v}/{c['checkpoint']}" for k, v in c["model"].items())
+        out.append(
+            machine_line(run) + f" | {c['utterances']} utterances of {c['data']} ({c['audio_s']:.0f} s) | "
+            f"models {models} | LM {c['lm']}\n"
+        )
+        out.append(decode_rtf_table(run["results"]))
+    return out
+
+
+def rows_section(results_dir):
+    out = []
     run = load(results_dir, ROWS_RUN)
     if run is not None:
         c = run["config"]
-        out.append(f"\n### One MoE FFN's inference paths by frame count, CPU (`results/{ROWS_RUN}`)\n")
+        out.append(f"\n### One MoE FFN's inference paths by frame count, CPU (`{ROWS_RUN}`)\n")
         out.append(machine_line(run) + f" | d x h {c['dims'][0]} x {c['dims'][1]}, {c['experts']} top-1 experts\n")
         out.append(
             "Dense: median time of ESPnet's FFN; the others: ratios to it, `auto` with the automatic choice "
@@ -411,40 +445,74 @@ def generate(results_dir):
             "frames spread over the experts about evenly).\n"
         )
         out.append(rows_table(run["cases"]))
-    for name, title in DECODE_RTF_RUNS:
-        run = load(results_dir, name)
-        if run is None:
-            continue
-        c = run["config"]
-        out.append(f"\n### End-to-end decoding, {title} (`results/{name}`)\n")
-        models = ", ".join(f"{k}: {v}/{c['checkpoint']}" for k, v in c["model"].items())
-        out.append(
-            machine_line(run) + f" | {c['utterances']} utterances of {c['data']} ({c['audio_s']:.0f} s) | "
-            f"models {models} | LM {c['lm']}\n"
-        )
-        out.append(decode_rtf_table(run["results"]))
-    return "\n".join(out) + "\n"
+    return out
+
+
+def ffn_speed(results_dir):
+    names = {n for n, _ in MOE_RUNS if _cpu(n)}
+    return acceptance_sections(results_dir) + moe_ffn_sections(results_dir, names) + rows_section(results_dir)
+
+
+def training_step(results_dir):
+    names = {n for n, _ in ENCODER_RUNS if _cpu(n)}
+    return encoder_step_sections(results_dir, names) + [s for s in [op_count_section(results_dir)] if s]
+
+
+def gpu(results_dir):
+    out = [s for s in (cuda_acceptance(results_dir), before_after_section(results_dir)) if s]
+    out += moe_ffn_sections(results_dir, {n for n, _ in MOE_RUNS if not _cpu(n)})
+    return out + encoder_step_sections(results_dir, {n for n, _ in ENCODER_RUNS if not _cpu(n)})
+
+
+# report (relative to the results directory) -> the sections between its markers
+REPORTS = {
+    "ffn_speed.md": ffn_speed,
+    "training_step.md": training_step,
+    "decoding_speed.md": decoding_sections,
+    GPU_DIR.rstrip("/") + ".md": gpu,
+}
+
+
+def generate(results_dir, report):
+    """The generated part of ``report`` (a key of :data:`REPORTS`)."""
+    return "\n".join(REPORTS[report](results_dir)) + "\n"
+
+
+def rewrite(path, body):
+    """``path`` with its part between the markers replaced by ``body``: (old text, new text)."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if BEGIN not in text or END not in text:
+        sys.exit(f"{path}: markers {BEGIN} / {END} not found")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return text, head + BEGIN + "\n" + body + END + tail
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--results", default=os.path.join(HERE, "results"))
-    parser.add_argument("--readme", default=os.path.join(HERE, "README.md"))
-    parser.add_argument("--print", action="store_true", help="print instead of rewriting the README")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", default=os.path.join(HERE, "results"), help="directory of the JSON files and reports")
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a report is not what its JSON makes")
+    parser.add_argument("--print", action="store_true", help="print the generated parts instead of writing them")
     args = parser.parse_args(argv)
-    body = generate(args.results)
-    if args.print:
-        print(body)
-        return
-    with open(args.readme) as f:
-        text = f.read()
-    if BEGIN not in text or END not in text:
-        sys.exit(f"{args.readme}: markers {BEGIN} / {END} not found")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    with open(args.readme, "w") as f:
-        f.write(head + BEGIN + "\n" + body + END + tail)
-    print(f"updated {args.readme}")
+    stale = []
+    for report in REPORTS:
+        body = generate(args.results, report)
+        if args.print:
+            print(f"<!-- {report} -->\n{body}")
+            continue
+        path = os.path.join(args.results, report)
+        old, new = rewrite(path, body)
+        if old == new:
+            continue
+        if args.check:
+            stale.append(path)
+            continue
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(new)
+        print(f"updated {path}")
+    if stale:
+        sys.exit("not what the JSON files make (run benchmarks/make_reports.py): " + ", ".join(stale))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,54 @@
-"""Markdown tables of the benchmark results (shared by the scripts and make_readme.py)."""
+"""Report writing shared by the studies: Markdown tables of the results, paths written relative
+to the checkout, JSON and Markdown files (no torch: report scripts import it too)."""
+import json
+import os
+import re
+from typing import Dict
+
+# An absolute path into a checkout, up to the checkout's top-level directory: /tmp/q7/egs2/... -> egs2/...
+_CHECKOUT_PREFIX = re.compile(r"(?<![\w.])/(?:[^\s`'\"/]+/)+?(?=(?:egs2|benchmarks|conf)/)")
+
+
+def checkout_relative(value):
+    """``value`` (a string, or lists/dicts of them) with every absolute path into a checkout cut to
+    the part from the checkout's top-level directory on (``/tmp/q7/egs2/synth_en/asr1/exp`` ->
+    ``egs2/synth_en/asr1/exp``): relative to the repository root of the checkout the runs were in."""
+    if isinstance(value, str):
+        return _CHECKOUT_PREFIX.sub("", value)
+    if isinstance(value, list):
+        return [checkout_relative(v) for v in value]
+    if isinstance(value, dict):
+        return {k: checkout_relative(v) for k, v in value.items()}
+    return value
+
+
+def _written_as(path: str, value):
+    """``value`` with the output file's own absolute path (outside any checkout, e.g. a GPU
+    machine's output folder) written as its file name."""
+    if isinstance(value, str):
+        return os.path.basename(path) if value == path and os.path.isabs(path) else value
+    if isinstance(value, list):
+        return [_written_as(path, v) for v in value]
+    if isinstance(value, dict):
+        return {k: _written_as(path, v) for k, v in value.items()}
+    return value
+
+
+def write_json(path: str, payload: Dict[str, object]) -> None:
+    """``payload`` to ``path`` (indent 1), paths into a checkout relative to its root."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(checkout_relative(_written_as(path, payload)), f, indent=1)
+        f.write("\n")
+    print(f"wrote {path}")
+
+
+def write_json_and_report(path: str, payload: Dict[str, object], report: str) -> None:
+    """``payload`` to the JSON file ``path`` and ``report`` (markdown) beside it, as ``<name>.md``
+    (both with paths into a checkout relative to its root)."""
+    write_json(path, payload)
+    with open(os.path.splitext(path)[0] + ".md", "w") as f:
+        f.write(checkout_relative(report))
 
 
 def fmt_bytes(n):
