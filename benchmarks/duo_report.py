@@ -82,11 +82,63 @@ def summarise(data: Dict) -> Dict[str, Dict]:
     return out
 
 
+def learned_names(points: Dict) -> List[str]:
+    """The learned router as trained, then calibrated to each budget, largest budget first."""
+    return ["learned"] + sorted((n for n in points if points[n]["policy"] == "learned" and "@" in n),
+                                key=lambda n: -points[n]["budget"])
+
+
+def shared_section(data: Dict, rows: Dict, shared: Dict, srows: Dict, sets: List[str], ood: List[str]) -> List[str]:
+    """Per-slot routers (``data``) against one router shared by all slots (``shared``, same stage 1):
+    WER, compute, speed (each against all-big and dense of its own run) and the gap to the oracle."""
+    n_sub = data["oracle_utts"]
+    lines = ["## One router shared by all slots (Omni-like) against one router per slot", "",
+             f"The same stage-1 model with a stage 2 of one router for all {len(data['slots'])} slots (`{shared['stage2']}`; "
+             f"`{shared['command']}`, commit {shared['commit']}) beside the per-slot routers above; both calibrated "
+             f"to each budget on the same dev utterances. Speed: each model against all-big and the dense Conformer "
+             f"timed in its own run (the runs' RTFs are not compared with each other). Oracle: the per-utterance "
+             f"oracle of the stage-1 model (routers play no part in it) on the first {n_sub} utterances of each set.", "",
+             "| router | point | compute | test_seen | OOD avg | speed-up vs all big | vs dense | test_seen, oracle "
+             "subset | oracle at that budget | gap (points) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for who, d, r in (("per slot", data, rows), ("shared", shared, srows)):
+        big, dense = r["big"]["rtf"], d["speed"]["rtf"].get("dense", {}).get("rtf")
+        for name in learned_names(d["points"]):
+            x, budget = r[name], d["points"][name]["budget"]
+            oracle = rows.get(f"oracle@{budget:g}") if budget is not None else None
+            o = oracle["sub"]["test_seen"] if oracle else None
+            gap = x["sub"]["test_seen"] - o if o is not None and x["sub"]["test_seen"] is not None else None
+            lines.append(f"| {who} | {'as trained' if budget is None else f'b={budget:g}'} | {fmt(x['compute'], 3)} | "
+                         f"{fmt(x['wer']['test_seen'])} | {fmt(x['ood'])} | "
+                         f"{fmt(big / x['rtf'] if x['rtf'] and big else None, 2, 'x')} | "
+                         f"{fmt(dense / x['rtf'] if x['rtf'] and dense else None, 2, 'x')} | {fmt(x['sub']['test_seen'])} | "
+                         f"{fmt(o)} | {fmt(gap)} |")
+    lines.append("")
+    for who, d, r in (("per-slot routers", data, rows), ("shared router", shared, srows)):
+        big = r["big"]["sub"]["test_seen"]
+        beat = [n for n in learned_names(d["points"])
+                if r[n]["compute"] is not None and r[n]["compute"] < 0.999 and r[n]["sub"]["test_seen"] is not None
+                and r[n]["sub"]["test_seen"] < big]
+        lines.append(f"- Duo-LLM's 'fewer big paths can beat all big', {who} (oracle-subset test_seen WER, all big "
+                     f"{fmt(big)}%): " + ("holds at " + ", ".join(
+                         f"{'as trained' if d['points'][n]['budget'] is None else 'b=%g' % d['points'][n]['budget']} "
+                         f"({fmt(r[n]['sub']['test_seen'])}% at compute {fmt(r[n]['compute'], 3)})" for n in beat)
+                         if beat else "does not hold") + ".")
+    b = "learned@0.5"
+    if b in srows and b in rows:
+        a, c = rows[b], srows[b]
+        lines.append(f"- At budget 0.5: shared router test_seen {fmt(c['wer']['test_seen'])}% / OOD avg {fmt(c['ood'])}% "
+                     f"(compute {fmt(c['compute'], 3)}) against per-slot {fmt(a['wer']['test_seen'])}% / {fmt(a['ood'])}% "
+                     f"(compute {fmt(a['compute'], 3)}).")
+    return lines + [""]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", required=True)
     p.add_argument("--quality", default=None, help="quality.json with the dense Conformer's runs")
     p.add_argument("--stage1_decode_tag", default=None, help="decode dir of the stage-1 all-big beam search")
+    p.add_argument("--shared", default=None, metavar="JSON",
+                   help="duo.py's JSON of the same stage-1 model with a stage 2 of one router shared by all slots")
     p.add_argument("--out_md", default=None)
     p.add_argument("--out_png", default=None)
     args = p.parse_args(argv)
@@ -127,7 +179,7 @@ def main(argv=None):
     ]
 
     if args.quality and args.stage1_decode_tag:
-        from quality_report import read_scores
+        from quality_runs import read_scores
 
         with open(args.quality) as f:
             quality = json.load(f)
@@ -226,6 +278,13 @@ def main(argv=None):
         lines.append(f"| {key} | `{st.get('pattern', '-')}` | `{rd.get('pattern', '-')}` | "
                      f"{lb['bias']:.3f} ({lb['dev_compute']:.3f}) |")
     lines.append("")
+    shared = None
+    if args.shared:
+        with open(args.shared) as f:
+            shared = json.load(f)
+        if shared["stage1"] != data["stage1"]:
+            raise SystemExit(f"--shared {args.shared}: stage 1 {shared['stage1']}, not {data['stage1']} of {args.json}")
+        lines += shared_section(data, rows, shared, summarise(shared), sets, ood)
     slots = stage2_valid_fractions(os.path.join(data["stage2"], "train.log"))
     if slots:
         epoch, fractions, compute, budget = slots
@@ -262,6 +321,13 @@ def main(argv=None):
                 ys = [rows[n]["wer"]["test_seen"] if key == "test_seen" else rows[n]["ood"] for n in names]
                 lab = POLICY_LABELS[policy]
             ax.plot(xs, ys, marker=marker, label=lab)
+        if shared is not None:
+            srows, spoints = summarise(shared), shared["points"]
+            names = sorted((n for n in spoints if spoints[n]["policy"] == "learned" and "@" in n),
+                           key=lambda n: spoints[n]["budget"])
+            ax.plot([srows[n]["compute"] for n in names],
+                    [srows[n]["wer"]["test_seen"] if key == "test_seen" else srows[n]["ood"] for n in names],
+                    marker="o", linestyle="--", label="learned router, one shared by all slots (calibrated)")
         y_sub = big["sub"]["test_seen"] if key == "test_seen" else big["sub_ood"]
         ax.plot([big["compute"]], [y_sub], marker="D", linestyle="none", markerfacecolor="none", color="tab:red",
                 label=f"all big on the oracle's {n_sub} utts/set")

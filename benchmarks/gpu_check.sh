@@ -5,7 +5,8 @@
 #      sync on the grouped_mm path, compile) and tests/test_moe_layer.py run with CUDA
 #      as the default device (the per-frame reference checks on the GPU),
 #   3. benchmarks/moe_ffn.py on a reduced grid and benchmarks/encoder_step.py (bf16 autocast).
-# Results go to benchmarks/results/*_cuda.json (override with OUT_DIR=...).
+# Results go to benchmarks/results/gpu_<YYYY-MM>/*_cuda.json (override with OUT_DIR=...); point
+# make_reports.GPU_DIR at that folder to put them in the GPU report.
 #
 #   bash benchmarks/gpu_check.sh            # PYTHON=... to pick the interpreter
 set -euo pipefail
@@ -16,7 +17,7 @@ if [[ -z "${PYTHON:-}" ]]; then
 fi
 # our tests need no pytest plugins; a GPU image's own (e.g. jaxtyping's) can fail to load
 export PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
-OUT_DIR=${OUT_DIR:-benchmarks/results}
+OUT_DIR=${OUT_DIR:-benchmarks/results/gpu_$(date +%Y-%m)}
 mkdir -p "$OUT_DIR"
 start=$SECONDS
 step() { echo; echo "== [$((SECONDS - start)) s] $*"; }

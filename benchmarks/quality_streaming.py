@@ -14,6 +14,9 @@ only sets the two decodings side by side:
 from typing import Dict, List
 
 import quality_report as qr
+import quality_markdown as qmd
+import quality_runs as qruns
+import quality_stats as qstats
 
 
 def collect_streaming(result: Dict, root: str, tag: str) -> Dict:
@@ -34,7 +37,7 @@ def collect_streaming(result: Dict, root: str, tag: str) -> Dict:
         for unit in ("wer", "cer"):
             row = {s: (full[unit][s]["mean"], stream[unit][s]["mean"]) for s in result["sets"]}
             row["ood_avg"] = (full[f"{unit}_ood_avg"]["mean"], stream[f"{unit}_ood_avg"]["mean"])
-            change[m][unit] = {k: {"full": a, "streaming": b, "change": qr.rel_change(b, a)}
+            change[m][unit] = {k: {"full": a, "streaming": b, "change": qruns.rel_change(b, a)}
                                for k, (a, b) in row.items()}
     return {"decode_tag": tag, "models": models, "summary": other["summary"], "relative": other["relative"],
             "change": change, "missing": other["missing"]}
@@ -46,15 +49,15 @@ def verdict(result: Dict) -> List[str]:
     first = result["sets"][0] if result["sets"] else None
     for m, units in st["change"].items():
         w = units["wer"]
-        parts = [f"{k if k != 'ood_avg' else 'out-of-domain average'} WER {qr._pct(w[k]['streaming'])} vs "
-                 f"{qr._pct(w[k]['full'])} ({qr._signed(w[k]['change'])} relative)"
+        parts = [f"{k if k != 'ood_avg' else 'out-of-domain average'} WER {qstats._pct(w[k]['streaming'])} vs "
+                 f"{qstats._pct(w[k]['full'])} ({qstats._signed(w[k]['change'])} relative)"
                  for k in (first, "ood_avg") if k is not None and w[k]["full"] is not None]
         lines.append(f"Streaming vs full-utterance decoding, {labels[m]}: " + "; ".join(parts))
     judged = {"summary": st["summary"], "spread_from": result.get("spread_from")}
     for ref, per_model in st["relative"].items():
         for m in per_model:
             for column in ([first] if first else []) + ["ood_avg"]:
-                lines.append("In streaming decoding, " + qr.compare_sentence(judged, m, ref, "wer", column))
+                lines.append("In streaming decoding, " + qstats.compare_sentence(judged, m, ref, "wer", column))
     return lines
 
 
@@ -70,10 +73,10 @@ def markdown(result: Dict) -> List[str]:
         for m, units in st["change"].items():
             row = units[unit]
             keys = sets + ["ood_avg"]
-            rows.append([labels[m], "full"] + [qr._fmt1(row[k]["full"], 2) for k in keys])
-            rows.append([labels[m], "streaming"] + [qr._fmt1(row[k]["streaming"], 2) for k in keys])
-            rows.append([labels[m], "change"] + [qr._signed(row[k]["change"]) for k in keys])
-        out += [f"{unit.upper()} (%):", ""] + qr._table(["model", "decoding"] + sets + ["OOD avg"], rows)
+            rows.append([labels[m], "full"] + [qmd._fmt1(row[k]["full"], 2) for k in keys])
+            rows.append([labels[m], "streaming"] + [qmd._fmt1(row[k]["streaming"], 2) for k in keys])
+            rows.append([labels[m], "change"] + [qstats._signed(row[k]["change"]) for k in keys])
+        out += [f"{unit.upper()} (%):", ""] + qmd._table(["model", "decoding"] + sets + ["OOD avg"], rows)
     if st["missing"]:
         out += [f"Missing streaming runs: {'; '.join(st['missing'])}.", ""]
     return out

@@ -50,3 +50,12 @@ def tiny_omni(installed_wheel, tmp_path_factory):
         str(tmp / "train.log"), env=installed_wheel["env"], cwd=installed_wheel["cwd"],
     )
     return data, exp
+
+
+@pytest.fixture(scope="session")
+def quality(tmp_path_factory):
+    """The tiny quality.sh run shared by the quality, RoE and decoding-speed benchmark tests
+    (tests/bench_helpers.py): its work dir, results dir, seed-1 experiments and console output."""
+    from bench_helpers import run_tiny_quality
+
+    return run_tiny_quality(tmp_path_factory.mktemp("quality"))

@@ -423,3 +423,16 @@ def test_duo_study_script_on_the_tiny_models(duo, tmp_path):
         assert heading in text, heading
     assert "measured the speed only" in text
     assert (tmp_path / "duo_speed_pareto.png").stat().st_size > 10000
+
+    # a shared-router stage 2 beside it (here the first run's JSON stands in for it: same stage 1)
+    duo_report.main(["--json", again, "--shared", out, "--out_md", str(tmp_path / "both.md")])
+    text = (tmp_path / "both.md").read_text()
+    assert "## One router shared by all slots (Omni-like) against one router per slot" in text
+    shared_row = [line for line in text.splitlines() if line.startswith("| shared | b=0.5 |")]
+    compute = data["results"]["learned@0.5"]["sets"]["test_seen"]["compute"]
+    assert len(shared_row) == 1 and f"| {compute:.3f} |" in shared_row[0]
+    assert "Duo-LLM's 'fewer big paths can beat all big', shared router" in text
+    other = dict(data, stage1="egs2/elsewhere/exp/stage1")
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="stage 1 egs2/elsewhere/exp/stage1"):
+        duo_report.main(["--json", again, "--shared", str(tmp_path / "other.json"), "--out_md", str(tmp_path / "x.md")])

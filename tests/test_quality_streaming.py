@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from test_benchmark_scripts import BENCH, PYTHON, fake_run, wers
+from bench_helpers import BENCH, PYTHON, fake_run, wers
 
 sys.path.insert(0, str(BENCH))
 import quality_report as qr  # noqa: E402
