@@ -7,6 +7,9 @@ between the markers is typed by hand.
 
     python benchmarks/make_reports.py            # rewrites the reports' tables
     python benchmarks/make_reports.py --check    # exit status 1 if a report is not what its JSON makes
+
+(About 500 lines: one section builder per kind of result of the four reports, kept together so that
+every generated table of the speed studies is made in one place.)
 """
 import argparse
 import json
