@@ -9,29 +9,29 @@ from typing import Dict
 _CHECKOUT_PREFIX = re.compile(r"(?<![\w.])/(?:[^\s`'\"/]+/)+?(?=(?:egs2|benchmarks|conf)/)")
 
 
+def _map_strings(fn, value):
+    """``value`` (a string, or lists/dicts of them) with ``fn`` applied to every string."""
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, list):
+        return [_map_strings(fn, v) for v in value]
+    if isinstance(value, dict):
+        return {k: _map_strings(fn, v) for k, v in value.items()}
+    return value
+
+
 def checkout_relative(value):
     """``value`` (a string, or lists/dicts of them) with every absolute path into a checkout cut to
     the part from the checkout's top-level directory on (``/tmp/q7/egs2/synth_en/asr1/exp`` ->
     ``egs2/synth_en/asr1/exp``): relative to the repository root of the checkout the runs were in."""
-    if isinstance(value, str):
-        return _CHECKOUT_PREFIX.sub("", value)
-    if isinstance(value, list):
-        return [checkout_relative(v) for v in value]
-    if isinstance(value, dict):
-        return {k: checkout_relative(v) for k, v in value.items()}
-    return value
+    return _map_strings(lambda s: _CHECKOUT_PREFIX.sub("", s), value)
 
 
 def _written_as(path: str, value):
     """``value`` with the output file's own absolute path (outside any checkout, e.g. a GPU
     machine's output folder) written as its file name."""
-    if isinstance(value, str):
-        return os.path.basename(path) if value == path and os.path.isabs(path) else value
-    if isinstance(value, list):
-        return [_written_as(path, v) for v in value]
-    if isinstance(value, dict):
-        return {k: _written_as(path, v) for k, v in value.items()}
-    return value
+    name = os.path.basename(path) if os.path.isabs(path) else path
+    return _map_strings(lambda s: name if s == path else s, value)
 
 
 def write_json(path: str, payload: Dict[str, object]) -> None:

@@ -88,7 +88,7 @@ def learned_names(points: Dict) -> List[str]:
                                 key=lambda n: -points[n]["budget"])
 
 
-def shared_section(data: Dict, rows: Dict, shared: Dict, srows: Dict, sets: List[str], ood: List[str]) -> List[str]:
+def shared_section(data: Dict, rows: Dict, shared: Dict, srows: Dict) -> List[str]:
     """Per-slot routers (``data``) against one router shared by all slots (``shared``, same stage 1):
     WER, compute, speed (each against all-big and dense of its own run) and the gap to the oracle."""
     n_sub = data["oracle_utts"]
@@ -278,13 +278,14 @@ def main(argv=None):
         lines.append(f"| {key} | `{st.get('pattern', '-')}` | `{rd.get('pattern', '-')}` | "
                      f"{lb['bias']:.3f} ({lb['dev_compute']:.3f}) |")
     lines.append("")
-    shared = None
+    shared = srows = None
     if args.shared:
         with open(args.shared) as f:
             shared = json.load(f)
         if shared["stage1"] != data["stage1"]:
             raise SystemExit(f"--shared {args.shared}: stage 1 {shared['stage1']}, not {data['stage1']} of {args.json}")
-        lines += shared_section(data, rows, shared, summarise(shared), sets, ood)
+        srows = summarise(shared)
+        lines += shared_section(data, rows, shared, srows)
     slots = stage2_valid_fractions(os.path.join(data["stage2"], "train.log"))
     if slots:
         epoch, fractions, compute, budget = slots
@@ -322,7 +323,7 @@ def main(argv=None):
                 lab = POLICY_LABELS[policy]
             ax.plot(xs, ys, marker=marker, label=lab)
         if shared is not None:
-            srows, spoints = summarise(shared), shared["points"]
+            spoints = shared["points"]
             names = sorted((n for n in spoints if spoints[n]["policy"] == "learned" and "@" in n),
                            key=lambda n: spoints[n]["budget"])
             ax.plot([srows[n]["compute"] for n in names],

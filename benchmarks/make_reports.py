@@ -347,10 +347,11 @@ def acceptance_sections(results_dir):
     return out
 
 
-def moe_ffn_sections(results_dir, names):
+def moe_ffn_sections(results_dir, cpu):
+    """The MoE FFN tables of the CPU (``cpu``) or the GPU runs."""
     out = []
     for name, title in MOE_RUNS:
-        run = load(results_dir, name) if name in names else None
+        run = load(results_dir, name) if _cpu(name) == cpu else None
         if run is None:
             continue
         out.append(f"\n### MoE FFN, {title} (`{name}`)\n")
@@ -367,10 +368,11 @@ def moe_ffn_sections(results_dir, names):
     return out
 
 
-def encoder_step_sections(results_dir, names):
+def encoder_step_sections(results_dir, cpu):
+    """The encoder training-step tables of the CPU (``cpu``) or the GPU runs."""
     out = []
     for name, title in ENCODER_RUNS:
-        run = load(results_dir, name) if name in names else None
+        run = load(results_dir, name) if _cpu(name) == cpu else None
         if run is None:
             continue
         c = run["config"]
@@ -452,19 +454,16 @@ def rows_section(results_dir):
 
 
 def ffn_speed(results_dir):
-    names = {n for n, _ in MOE_RUNS if _cpu(n)}
-    return acceptance_sections(results_dir) + moe_ffn_sections(results_dir, names) + rows_section(results_dir)
+    return acceptance_sections(results_dir) + moe_ffn_sections(results_dir, cpu=True) + rows_section(results_dir)
 
 
 def training_step(results_dir):
-    names = {n for n, _ in ENCODER_RUNS if _cpu(n)}
-    return encoder_step_sections(results_dir, names) + [s for s in [op_count_section(results_dir)] if s]
+    return encoder_step_sections(results_dir, cpu=True) + [s for s in [op_count_section(results_dir)] if s]
 
 
 def gpu(results_dir):
     out = [s for s in (cuda_acceptance(results_dir), before_after_section(results_dir)) if s]
-    out += moe_ffn_sections(results_dir, {n for n, _ in MOE_RUNS if not _cpu(n)})
-    return out + encoder_step_sections(results_dir, {n for n, _ in ENCODER_RUNS if not _cpu(n)})
+    return out + moe_ffn_sections(results_dir, cpu=False) + encoder_step_sections(results_dir, cpu=False)
 
 
 # report (relative to the results directory) -> the sections between its markers
