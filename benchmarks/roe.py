@@ -21,6 +21,9 @@ as stage 7 of the recipe scores them.  The out-of-domain (OOD) average is the un
 the OOD sets present.  Relative paths in wav.scp (and in an experiment dir's config.yaml) are
 looked up from the parents of the dump (experiment) dir, i.e. the recipe dir, then from the current
 directory, so the script runs from anywhere.
+
+(About 500 lines: the study's tuning, decoding, timing, verdict and report in one entry script; the
+RoE decoder itself is espnet_omnirouter.inference.roe.)
 """
 
 import argparse
