@@ -15,6 +15,7 @@ import itertools
 from espnet_omnirouter.inference.duo_search import downgrades, greedy_descent, pattern_cost
 from espnet_omnirouter.moe import PATHS, DuoFeedForward, DuoPolicy, Padding, PathExperts, Router, budget_loss, duo_stats
 from espnet_omnirouter.moe.duo import duo_expected_compute
+from espnet_omnirouter.moe import native
 from espnet_omnirouter.moe.experts import Experts
 
 from test_encoders import CONFORMER, EXACT_CONFORMER, SMALL, build_args
@@ -149,7 +150,9 @@ def count_rows(s):
 
 
 @pytest.mark.parametrize("grad", [False, True])
-def test_skip_rows_cost_no_matmul(grad):
+def test_skip_rows_cost_no_matmul(grad, monkeypatch):
+    """On the PyTorch dispatch (the native CPU path: test_duo_native.py)."""
+    monkeypatch.setattr(native, "available", lambda: False)
     s = slot(policy=DuoPolicy("random", probs=(0.2, 0.3, 0.5)))
     s.eval()
     counts = count_rows(s)

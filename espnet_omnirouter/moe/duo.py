@@ -23,7 +23,15 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
-from espnet_omnirouter.moe.experts import _scatter_rows, compute_dtype
+from espnet_omnirouter.moe import native
+from espnet_omnirouter.moe.experts import (
+    NATIVE_MAX_ROWS,
+    _optimizer_steps,
+    _scatter_rows,
+    compute_dtype,
+    onnx_exporting,
+    records_grad,
+)
 from espnet_omnirouter.moe.layer import LayerRouting, MoEFeedForward
 from espnet_omnirouter.moe.losses import expert_fractions
 from espnet_omnirouter.moe.paths import PathExperts
@@ -80,6 +88,13 @@ class DuoFeedForward(MoEFeedForward):
         self.register_buffer("_eye", torch.eye(experts.num_experts), persistent=False)
         self.register_buffer("_one", torch.ones(1, 1), persistent=False)
         self.policy = DuoPolicy()
+        self._plan = None  # (packed copies of the paths, native.SlotPaths), see _native_plan
+        self._ones_n: Optional[torch.Tensor] = None  # see _ones
+        self._fixed_record = None  # see _fixed_routing
+
+    def __getstate__(self):
+        # The native plan is a cache (rebuilt on use), not part of the module.
+        return {**super().__getstate__(), "_plan": None, "_ones_n": None, "_fixed_record": None}
 
     def route(self, frames: torch.Tensor, index: Optional[torch.Tensor], shape: torch.Size) -> Routing:
         policy, num_paths = self.policy, self.experts.num_experts
@@ -111,6 +126,107 @@ class DuoFeedForward(MoEFeedForward):
             return Routing(expert, self._one.expand(n, 1), probs, self._eye.new_zeros(()).expand(n, num_paths))
         onehot = self._eye.index_select(0, chosen)
         return Routing(chosen.unsqueeze(1), self._one.expand(chosen.shape[0], 1), onehot, torch.zeros_like(onehot))
+
+    def _run(self, flat: torch.Tensor, index: Optional[torch.Tensor], shape: torch.Size):
+        """``MoEFeedForward._run``; for float32 CPU inference one C call (:func:`.native.duo_slot`)
+        runs the slot where it can: the router (learned policy), the split by path and each
+        path's GEMMs on its own frames (skip frames are never read), the scatter into the
+        output; one fixed path for all frames is the dense FFN's two GEMMs and nothing else."""
+        plan = self._native_plan(flat, index)
+        if plan is None:
+            return super()._run(flat, index, shape)
+        policy, n = self.policy, flat.shape[0] if index is None else index.shape[0]
+        flat, index = flat.contiguous(), None if index is None else index.contiguous()
+        if policy.kind == "learned":
+            shift = policy.cost_bias * self.costs if policy.cost_bias else None
+            out, chosen, logits, probs = native.duo_slot(flat, index, plan, self.router.weight, shift)
+            routing = Routing(chosen, self._ones(n), probs, logits)
+        elif policy.kind == "fixed" and not isinstance(policy.path, torch.Tensor):
+            out = native.duo_slot(flat, index, plan, fixed=policy.path)[0]
+            routing = self._fixed_routing(policy.path, n)
+        else:
+            routing = self.route(flat if index is None else flat.index_select(0, index), index, shape)
+            out = native.duo_slot(flat, index, plan, path=routing.expert.contiguous())[0]
+        return routing, out, out.new_zeros((), dtype=torch.long)
+
+    def _ones(self, n: int) -> torch.Tensor:
+        """``[n, 1]`` float32 ones (the gates of a hard choice, CPU): a view, kept for the last ``n``."""
+        if self._ones_n is None or self._ones_n.shape[0] != n:
+            self._ones_n = torch.ones(1, 1, device=self.costs.device).expand(n, 1)
+        return self._ones_n
+
+    def _fixed_routing(self, path: int, n: int) -> Routing:
+        """The routing record of ``n`` frames that all take ``path`` (one-hot probabilities, zero
+        logits, gate 1): views of constant tensors, kept for the last ``(path, n)``."""
+        key = (path, n, self._eye.device)
+        if self._fixed_record is None or self._fixed_record[0] != key:
+            num_paths = self.experts.num_experts
+            expert = torch.full((n, 1), path, dtype=torch.long, device=self._eye.device)
+            probs = self._eye[path].expand(n, num_paths)
+            routing = Routing(expert, self._ones(n), probs, self._eye.new_zeros(()).expand(n, num_paths))
+            self._fixed_record = (key, routing)
+        return self._fixed_record[1]
+
+    def _native_plan(self, flat: torch.Tensor, index: Optional[torch.Tensor]) -> Optional[native.SlotPaths]:
+        """The paths for :func:`.native.duo_slot` where it computes this forward: float32 CPU
+        inference in eval mode, no autograd, no tracing, an activation that the C GEMM applies, the
+        paths' ``Experts.impl`` "auto" or "native", at most ``NATIVE_MAX_ROWS`` frames, the kernels
+        built; else None.
+
+        The plan (the paths' packed weights and their pointers) is kept while no weight may have
+        changed: the same parameters with the same storage and version, no optimizer step since
+        (as ``Experts._native_packed``'s copy).  Checked at each call in a few microseconds: at
+        batch 1 this check and the C call are all the slot costs besides its GEMMs."""
+        router = self.router
+        if (
+            self.training
+            or flat.device.type != "cpu"
+            or flat.dtype != torch.float32
+            or (flat.shape[0] if index is None else index.shape[0]) > NATIVE_MAX_ROWS
+            or (torch.is_grad_enabled() and (flat.requires_grad or records_grad(self, flat) or router.weight.requires_grad))
+            or router.selection_noise is not None
+            or router.weight.dtype != torch.float32
+            or compute_dtype(flat) != torch.float32
+            or onnx_exporting()
+            or torch.compiler.is_compiling()
+            or not native.available()
+        ):
+            return None
+        cached = self._plan
+        if cached is not None and cached[0] == self._plan_key(cached[2]):
+            return cached[1]
+        self._plan = None
+        experts = [self.experts.paths[str(p)] if str(p) in self.experts.paths else None
+                   for p in range(self.experts.num_experts)]
+        if any(e is not None and (e.impl not in ("auto", "native") or e.w1.dtype != torch.float32) for e in experts):
+            return None
+        act = native.activation_code(next(e for e in experts if e is not None).activation)
+        if act == native.ACT_NONE:
+            return None
+        weights = []
+        for e in experts:
+            if e is None:
+                weights.append(None)
+            else:
+                w1, w2 = e._native_packed()
+                weights.append((w1, e.b1.detach().contiguous(), w2, e.b2.detach().contiguous()))
+        watched = [(m, name, m._parameters[name]) for m in filter(None, experts) for name in ("w1", "b1", "w2", "b2")]
+        watched.append((self.experts, "impl", None))
+        self._plan = (self._plan_key(watched), native.SlotPaths(weights, act), watched)
+        return self._plan[1]
+
+    @staticmethod
+    def _plan_key(watched) -> tuple:
+        """What the plan depends on: each watched parameter (still the module's, its storage and
+        version), the paths' ``impl``, and the number of optimizer steps taken in this process."""
+        key = [_optimizer_steps[0]]
+        for module, name, tensor in watched:
+            if tensor is None:
+                key.append(tuple(e.impl for e in module.paths.values()))
+            else:
+                now = module._parameters[name]
+                key.append((now is tensor, now.data_ptr(), now._version, now.dtype))
+        return tuple(key)
 
     def _dispatch(self, flat: torch.Tensor, index: Optional[torch.Tensor], routing: Routing):
         """With one fixed path for every frame, that path runs on the routed rows directly

@@ -156,13 +156,19 @@ class MoEFeedForward(nn.Module):
                 )
             padding = mask if isinstance(mask, Padding) else Padding.from_mask(valid)
             index = padding.rows  # None without padding: no gather, no scatter
-        frames = flat if index is None else flat.index_select(0, index)
-        routing = self.route(frames, index, x.shape[:-1])
-        out, dropped = self._dispatch(flat, index, routing)
+        routing, out, dropped = self._run(flat, index, x.shape[:-1])
         if isinstance(mask, Padding) and mask.record_rows is not None:
             routing, valid = routing.select(mask.record_rows), mask.record_valid
         self.last = LayerRouting(routing=routing, valid=valid, dropped=dropped)
         return out.view(x.shape)
+
+    def _run(self, flat: torch.Tensor, index: Optional[torch.Tensor], shape: torch.Size):
+        """Route the rows ``index`` of ``flat`` ``[R, d]`` (None: all rows; the flattened
+        ``shape`` frames) and run the experts: ``(routing, out [R, d], dropped)``."""
+        frames = flat if index is None else flat.index_select(0, index)
+        routing = self.route(frames, index, shape)
+        out, dropped = self._dispatch(flat, index, routing)
+        return routing, out, dropped
 
     def route(self, frames: torch.Tensor, index: Optional[torch.Tensor], shape: torch.Size) -> Routing:
         """The routing of the ``[N, d]`` routed ``frames`` (rows ``index`` of the flattened

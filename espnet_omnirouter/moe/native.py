@@ -99,6 +99,8 @@ def _load():
     lib.moe_pack.restype = None
     lib.moe_expert_gemm.argtypes = [_P, _P, _P, _P, _P, _I, _I, _I]
     lib.moe_expert_gemm.restype = None
+    lib.duo_slot.argtypes = [_I64, _I, _I, _I64, _P, _P, _P, _P, _I, _P, _P, _P, _P, _P, _P, _P, _P, _I, _P]
+    lib.duo_slot.restype = _I
     return lib
 
 
@@ -215,10 +217,70 @@ def experts(flat, index, expert, gate, w1, b1, w2, b2, hidden_fn, act: int = ACT
     return out
 
 
+class SlotPaths:
+    """The paths of a Duo slot as :func:`duo_slot` takes them: the weights' pointer arrays, built once.
+
+    Args:
+        weights: per path ``(w1, b1, w2, b2)`` (``w1`` ``[1, d, h]`` and ``w2`` ``[1, h, d]`` packed by
+            :func:`pack`, ``b1`` ``[1, h]``, ``b2`` ``[1, d]``, float32, contiguous), or None for an
+            empty (skip) path; kept alive here.
+        act: the ``ACT_*`` code the first GEMM applies (ACT_RELU or ACT_SILU).
+    """
+
+    def __init__(self, weights, act: int):
+        if act not in _ACT_NAMES.values():
+            raise ValueError(f"native.SlotPaths: act must be ACT_RELU or ACT_SILU, got {act!r}")
+        self.weights, self.act, p = list(weights), act, len(weights)
+        self._arrays = [(ctypes.c_int * p)(*(0 if w is None else w[1].shape[1] for w in self.weights))]
+        self._arrays += [(ctypes.c_void_p * p)(*(None if w is None else w[i].data_ptr() for w in self.weights))
+                         for i in range(4)]
+        # The arrays' addresses (ints convert fastest at each call): widths, w1, b1, w2, b2.
+        self.widths, *self.pointers = (ctypes.addressof(a) for a in self._arrays)
+
+
+def duo_slot(flat, index, paths: SlotPaths, router_weight=None, shift=None, path=None, fixed: int = -1):
+    """A Duo slot at inference in one call (gate 1): each routed frame through its path's FFN.
+
+    Args:
+        flat: ``[R, d]`` float32, contiguous: all frames.
+        index: ``[n]`` int64, the row of ``flat`` of each routed frame, or None (``n == R``).
+        paths: the slot's paths.
+        router_weight: ``[P, d]`` float32: the router chooses each frame's path (the most
+            probable, or with ``shift`` ``[P]`` float32 the argmax of the logits minus it: the cost
+            bias times each path's cost).
+        path: with a router, None or an ``[n, 1]`` int64 tensor to write the chosen paths into;
+            without, ``[n]`` or ``[n, 1]`` int64: the path of each frame; or ``fixed``: one path
+            for all frames (``path`` None).
+
+    Returns:
+        ``(out, path, logits, probs)``: ``[R, d]`` float32 (0 on skip frames and rows not
+        routed), the paths (``[n, 1]`` int64 chosen by the router; the given ``path``; None for
+        ``fixed``), and with the router ``[n, P]`` float32 twice (else None).
+    """
+    n, d, p = flat.shape[0] if index is None else index.shape[0], flat.shape[1], len(paths.weights)
+    logits = probs = None
+    if router_weight is not None:
+        logits, probs = flat.new_empty(n, p), flat.new_empty(n, p)
+        if path is None:
+            path = torch.empty(n, 1, dtype=torch.long)
+    elif path is None and not 0 <= fixed < p:
+        raise ValueError(f"native.duo_slot: give a router, a path per frame or a fixed path in 0..{p - 1}")
+    out = flat.new_empty(flat.shape[0], d)
+    failed = _lib.duo_slot(n, d, p, flat.shape[0], _ptr(index), flat.data_ptr(), _ptr(router_weight), _ptr(shift),
+                           fixed, _ptr(logits), _ptr(probs), _ptr(path), paths.widths, *paths.pointers, paths.act,
+                           out.data_ptr())
+    if failed == -2:
+        raise MemoryError(f"native.duo_slot: cannot allocate the buffers of {n} frames")
+    if failed:
+        raise ValueError(f"Duo routing chose a path outside 0..{p - 1}")
+    return out, path, logits, probs
+
+
 def _self_check() -> bool:
     """The kernels against PyTorch on small problems: top-1 and top-2, with and without index,
     widths with full 16-column tiles and a remainder, slices of more and fewer than 6 rows,
-    the activation applied by PyTorch and by the GEMM (relu, silu)."""
+    the activation applied by PyTorch and by the GEMM (relu, silu); a Duo slot routed with a
+    cost shift, over padding, and with one path for all frames."""
     gen = torch.Generator().manual_seed(0)
     n, d, h, e = 37, 20, 40, 4
     x, w = torch.randn(n, d, generator=gen), torch.randn(e, d, generator=gen)
@@ -237,4 +299,20 @@ def _self_check() -> bool:
         want = y if index is None else torch.zeros_like(x).index_add_(0, index, y)
         got = experts(x, index, ex, g, pack(w1), b1, pack(w2), b2, fn, act)
         ok = ok and torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+    # A Duo slot: paths of widths 40 and 7 and a skip, routed frames every other row, the router
+    # with a cost shift; then every frame on the small path (one path, no index: direct).
+    duo = [(pack(w1[:1]), b1[:1].contiguous(), pack(w2[:1]), b2[:1].contiguous()),
+           (pack(w1[1:2, :, :7]), b1[1:2, :7].contiguous(), pack(w2[1:2, :7]), b2[1:2].contiguous()), None]
+    plan, index, shift = SlotPaths(duo, ACT_SILU), torch.arange(0, n, 2), torch.tensor([0.5, 0.1, 0.0])
+    got, path, _, _ = duo_slot(x, index, plan, w[:3].contiguous(), shift)
+    rows = x[index]
+    want_path = (rows @ w[:3].t() - shift).argmax(-1)
+    small = torch.nn.functional.silu(rows @ w1[1, :, :7] + b1[1, :7]) @ w2[1, :7] + b2[1]
+    big = torch.nn.functional.silu(rows @ w1[0] + b1[0]) @ w2[0] + b2[0]
+    y = torch.where(want_path.unsqueeze(1) == 0, big, torch.where(want_path.unsqueeze(1) == 1, small, 0.0))
+    ok = ok and torch.equal(path[:, 0], want_path) and bool((want_path == 2).any())
+    ok = ok and torch.allclose(got, torch.zeros_like(x).index_copy_(0, index, y), atol=1e-4, rtol=1e-4)
+    got = duo_slot(x, None, plan, fixed=1)[0]
+    want = torch.nn.functional.silu(x @ w1[1, :, :7] + b1[1, :7]) @ w2[1, :7] + b2[1]
+    ok = ok and torch.allclose(got, want, atol=1e-4, rtol=1e-4)
     return bool(ok)

@@ -21,6 +21,7 @@
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define MR 6  /* rows of a GEMM tile */
@@ -140,21 +141,42 @@ void moe_pack(const float *w, int e, int kk, int n, float *packed) {
             }
 }
 
+/* One GEMM of a group: c[0:m, 0:n] = act(bias + a[0:m, 0:kk] @ w), w [kk, n] packed (moe_pack). */
+typedef struct {
+    const float *a, *w, *bias;
+    float *c;
+    int m, kk, n;
+} gemm_part;
+
+/* The GEMMs of parts[0:count] in one parallel loop: the (part, column tile) pairs are spread over
+ * the threads; a tile is read from memory once, in order, and stays in L1 while the part's rows go
+ * through it.  Parts may have different widths (the paths of a Duo slot). */
+static void gemm_parts(const gemm_part *parts, int count, int act) {
+    int first[count + 1];
+    first[0] = 0;
+    for (int i = 0; i < count; i++) first[i + 1] = first[i] + (parts[i].m > 0 ? tiles_of(parts[i].n) : 0);
+#pragma omp parallel for schedule(dynamic, 2)
+    for (int item = 0; item < first[count]; item++) {
+        int i = 0;
+        while (item >= first[i + 1]) i++;
+        const gemm_part *g = parts + i;
+        int t = item - first[i], cols = g->n - t * NR < NR ? g->n - t * NR : NR;
+        column_tile(g->m, g->kk, g->a, g->w + (int64_t)t * g->kk * NR, g->bias + t * NR, g->c + t * NR, g->n, cols,
+                    act);
+    }
+}
+
 /* c[s_i] = act(bias[i] + a[s_i] @ w[i]) for the experts' consecutive row slices s_i (ends: their end
- * rows); a [m, kk], c [m, n], bias [E, n], w [E, kk, n] given packed (moe_pack).  The (expert,
- * column tile) pairs are spread over the threads; a tile is read from memory once, in order,
- * and stays in L1 while the slice's rows go through it. */
+ * rows); a [m, kk], c [m, n], bias [E, n], w [E, kk, n] given packed (moe_pack). */
 static void expert_gemm(const float *a, const float *packed, const float *bias, float *c, const int32_t *ends,
                         int e, int kk, int n, int act) {
-    int tiles = tiles_of(n), items = e * tiles;
-#pragma omp parallel for schedule(dynamic, 2)
-    for (int item = 0; item < items; item++) {
-        int x = item / tiles, t = item % tiles, start = x ? ends[x - 1] : 0;
-        int cols = n - t * NR < NR ? n - t * NR : NR;
-        if (ends[x] > start)
-            column_tile(ends[x] - start, kk, a + (int64_t)start * kk, packed + (int64_t)item * kk * NR,
-                        bias + (int64_t)x * n + t * NR, c + (int64_t)start * n + t * NR, n, cols, act);
+    gemm_part parts[e];
+    for (int x = 0; x < e; x++) {
+        int start = x ? ends[x - 1] : 0;
+        parts[x] = (gemm_part){a + (int64_t)start * kk, packed + (int64_t)x * tiles_of(n) * kk * NR,
+                               bias + (int64_t)x * n, c + (int64_t)start * n, ends[x] - start, kk, n};
     }
+    gemm_parts(parts, e, act);
 }
 
 /* expert_gemm for callers (benchmarks/encoder_ffn_parts.py times the GEMMs alone). */
@@ -301,5 +323,104 @@ int moe_experts(int64_t n, int k, int e, int d, int h, int64_t rows, const int64
                 const float *gate, float *xs, float *hidden, int64_t *order, int32_t *ends, float *out) {
     if (moe_experts_in(n, k, e, d, h, expert, index, flat, w1, b1, act, xs, hidden, order, ends)) return -1;
     moe_experts_out(n, k, e, d, h, rows, order, ends, index, hidden, w2, b2, gate, xs, out);
+    return 0;
+}
+
+/* A Duo slot at inference (gate 1): each of the n routed frames takes one of p paths, path q an FFN of
+ * widths[q] hidden units (w1[q] [d, h_q] and w2[q] [h_q, d] packed by moe_pack, biases b1[q] [h_q],
+ * b2[q] [d]) or, with widths[q] == 0, nothing (skip: output 0, the frame is never read).  Frame t is
+ * row index[t] of flat [rows, d] (row t when index is NULL).
+ *
+ * The path of each frame, path [n]: with a router weight wr [p, d], logits [n, p] = x wr^T, probs =
+ * softmax(logits) and the most probable path, or with shift [p] (the cost bias times each path's
+ * cost) the argmax of logits - shift (first on ties, as torch.argmax); else with fixed >= 0 that
+ * path for every frame (path is not used, may be NULL); else path is read.
+ *
+ * out [rows, d]: each routed frame's path output, 0 on skip frames and rows not routed.  When every
+ * frame takes one path and index is NULL (a fixed policy, or a router that chose one path), its FFN
+ * runs on flat and writes out directly: the dense FFN's two GEMMs and nothing else.  Otherwise the
+ * frames of each FFN path are gathered (sorted by path, stable) into a buffer, all paths' first GEMMs
+ * run in one parallel loop, the second GEMMs in another, and the rows are scattered into out.
+ * Returns -1 if a path index is out of range, -2 if the buffers cannot be allocated, else 0. */
+int duo_slot(int64_t n, int d, int p, int64_t rows, const int64_t *index, const float *flat, const float *wr,
+             const float *shift, int fixed, float *logits, float *probs, int64_t *path, const int *widths,
+             const float *const *w1, const float *const *b1, const float *const *w2, const float *const *b2,
+             int act, float *out) {
+    int hmax = 0;
+    for (int q = 0; q < p; q++) hmax = widths[q] > hmax ? widths[q] : hmax;
+    if (wr)
+        for (int64_t t = 0; t < n; t++) {
+            float *l = logits + t * p, *pr = probs + t * p;
+            logits_row(flat + (index ? index[t] : t) * d, wr, d, p, l);
+            softmax_row(l, p, pr);
+            int best = 0;
+            for (int q = 1; q < p; q++)
+                if (shift ? l[q] - shift[q] > l[best] - shift[best] : pr[q] > pr[best]) best = q;
+            path[t] = best;
+        }
+    int64_t next[p];
+    for (int q = 0; q < p; q++) next[q] = 0;
+    if (fixed >= 0 && !wr) {
+        if (fixed >= p) return -1;
+        next[fixed] = n;
+    } else
+        for (int64_t t = 0; t < n; t++) {
+            if (path[t] < 0 || path[t] >= p) return -1;
+            next[path[t]]++;
+        }
+    int one = -1; /* the path of every frame, if one path takes them all and index is NULL */
+    for (int q = 0; q < p; q++)
+        if (next[q] == n && index == NULL) one = q;
+    if (n == 0 || (one >= 0 && widths[one] == 0)) {
+        memset(out, 0, sizeof(float) * rows * d);
+        return 0;
+    }
+    float *hidden = malloc(sizeof(float) * n * hmax), *xs = one < 0 ? malloc(sizeof(float) * n * d) : NULL;
+    int64_t *order = one < 0 ? malloc(sizeof(int64_t) * n) : NULL;
+    if (!hidden || (one < 0 && (!xs || !order))) {
+        free(hidden), free(xs), free(order);
+        return -2;
+    }
+    if (one >= 0) {
+        gemm_part in = {flat, w1[one], b1[one], hidden, (int)n, d, widths[one]};
+        gemm_parts(&in, 1, act);
+        gemm_part back = {hidden, w2[one], b2[one], out, (int)n, widths[one], d};
+        gemm_parts(&back, 1, ACT_NONE);
+        free(hidden);
+        return 0;
+    }
+    /* Counting sort of the frames of FFN paths (skip frames take no row). */
+    int64_t start[p], routed = 0;
+    for (int q = 0; q < p; q++) {
+        start[q] = routed;
+        routed += widths[q] ? next[q] : 0;
+        next[q] = start[q];
+    }
+    for (int64_t t = 0; t < n; t++) {
+        int64_t q = path ? path[t] : fixed;
+        if (!widths[q]) continue;
+        int64_t pos = next[q]++;
+        order[pos] = t;
+        memcpy(xs + pos * d, flat + (index ? index[t] : t) * d, sizeof(float) * d);
+    }
+    gemm_part in[p], back[p];
+    int parts = 0;
+    int64_t offset = 0;
+    for (int q = 0; q < p; q++) {
+        int m = (int)(next[q] - start[q]);
+        if (!widths[q] || !m) continue;
+        in[parts] = (gemm_part){xs + start[q] * d, w1[q], b1[q], hidden + offset, m, d, widths[q]};
+        back[parts] = (gemm_part){hidden + offset, w2[q], b2[q], xs + start[q] * d, m, widths[q], d};
+        offset += (int64_t)m * widths[q];
+        parts++;
+    }
+    gemm_parts(in, parts, act);
+    gemm_parts(back, parts, ACT_NONE);
+    if (index || routed < rows) memset(out, 0, sizeof(float) * rows * d);
+    for (int64_t pos = 0; pos < routed; pos++) {
+        int64_t t = order[pos];
+        memcpy(out + (index ? index[t] : t) * d, xs + pos * d, sizeof(float) * d);
+    }
+    free(hidden), free(xs), free(order);
     return 0;
 }
