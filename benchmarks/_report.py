@@ -151,13 +151,15 @@ def op_count_table(results):
 def infer_table(cases):
     """Markdown table of ``encoder_infer.py``'s cases: dense forward / greedy-CTC times in
     ms, every other variant as ratios to dense, the padded path's waste and (with Duo
-    variants) each Duo policy's FFN compute relative to all-big."""
+    variants) each Duo policy's FFN compute relative to all-big.  A case timed in several runs
+    (``--runs``) gives each ratio's worst run."""
     variants = list(cases[0]["variants"])
     moe = [v for v in variants if v != "dense"]
     padded = [v for v in moe if "pad_waste" in cases[0]["variants"][v]]
     duo = [v for v in moe if "duo_compute" in cases[0]["variants"][v]]
     head = ["batch x s", "enc. frames", "dense forward", "dense greedy"]
-    head += [f"{v} forward / greedy" for v in moe]
+    runs = max(len(c.get("runs", [None])) for c in cases)
+    head += [f"{v} forward / greedy" + (f" (worst of {runs} runs)" if runs > 1 else "") for v in moe]
     head += ["pad waste (" + ", ".join(padded) + ")"] if padded else []
     head += ["Duo compute (" + ", ".join(duo) + ")"] if duo else []
     head += ["CPU stall"]
@@ -166,9 +168,11 @@ def infer_table(cases):
         dense = case["variants"]["dense"]
         row = [f"{case['batch']} x {case['seconds']:g}", str(case.get("encoder_frames", "-"))]
         row += [f"{dense[s]['median_s'] * 1e3:.1f} ms" for s in ("forward", "greedy")]
+        medians = [r["medians_s"] for r in case.get("runs", [])] or [
+            {f"{v}/{s}": case["variants"][v][s]["median_s"] for v in variants for s in ("forward", "greedy")}]
         for v in moe:
-            r = case["variants"][v]
-            row.append(" / ".join(f"{r[s]['median_s'] / dense[s]['median_s']:.2f}x" for s in ("forward", "greedy")))
+            row.append(" / ".join(f"{max(m[f'{v}/{s}'] / m[f'dense/{s}'] for m in medians):.2f}x"
+                                  for s in ("forward", "greedy")))
         row += [", ".join(f"{case['variants'][v]['pad_waste']:.2f}" for v in padded)] if padded else []
         row += [", ".join(f"{case['variants'][v]['duo_compute']:.2f}" for v in duo)] if duo else []
         row.append(stall(case.get("machine_load")))

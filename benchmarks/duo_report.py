@@ -139,6 +139,7 @@ def main(argv=None):
     p.add_argument("--stage1_decode_tag", default=None, help="decode dir of the stage-1 all-big beam search")
     p.add_argument("--shared", default=None, metavar="JSON",
                    help="duo.py's JSON of the same stage-1 model with a stage 2 of one router shared by all slots")
+    p.add_argument("--speed", default=None, metavar="JSON", help="duo_speed.py's speed JSON: a section on it")
     p.add_argument("--out_md", default=None)
     p.add_argument("--out_png", default=None)
     args = p.parse_args(argv)
@@ -286,6 +287,12 @@ def main(argv=None):
             raise SystemExit(f"--shared {args.shared}: stage 1 {shared['stage1']}, not {data['stage1']} of {args.json}")
         srows = summarise(shared)
         lines += shared_section(data, rows, shared, srows)
+    if args.speed:
+        from duo_speed import summary_section
+
+        with open(args.speed) as f:
+            speed = json.load(f)
+        lines += summary_section(speed, os.path.splitext(os.path.basename(args.speed))[0] + ".md")
     slots = stage2_valid_fractions(os.path.join(data["stage2"], "train.log"))
     if slots:
         epoch, fractions, compute, budget = slots

@@ -32,6 +32,10 @@ entry: ``big``, ``small`` or ``static:PATTERN`` (one letter per slot, ``B``/``S`
 fixed decoding policies of ``espnet_omnirouter.inference.duo``, whose cost does not depend on
 trained weights (a learned router's choices do: ``benchmarks/duo.py`` times those).
 
+``--runs N`` times each case N times, one interleaved run after the other: the JSON keeps every
+run's medians and the table gives, per variant, the worst run's ratio to dense (the dense time
+of the first run).
+
     python benchmarks/encoder_infer.py --out benchmarks/results/encoder_infer.json
 """
 import argparse
@@ -173,9 +177,13 @@ def main(argv=None):
     parser.add_argument("--exp", type=parse_exp, action="append", default=[], help="KEY=DIR: a trained model's encoder")
     parser.add_argument("--checkpoint", default="valid.acc.ave.pth", help="checkpoint file name in each --exp DIR")
     parser.add_argument("--audio", default=None, help="wav.scp of real speech for the inputs (needs an --exp)")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="interleaved runs of each case (the table gives each ratio's worst run)")
     _bench.add_common_args(parser, warmup=3)
     parser.set_defaults(repeats=15, device="cpu")
     args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error(f"--runs must be >= 1, got {args.runs}")
 
     torch.set_num_threads(args.threads)
     device = _bench.pick_device(args.device)
@@ -266,11 +274,23 @@ def main(argv=None):
             xs, ilens = xs.to(device), ilens.to(device)
             offset += batch * int(round(seconds * 16000))
         steps = make_steps(xs, ilens)
-        (times, _), load = _bench.run_quietly(
-            lambda: _bench.time_interleaved(steps, device, args.warmup, args.repeats),
-            args.quiet_psi, args.quiet_wait_s, args.quiet_retries,
-        )
+        runs = [
+            _bench.run_quietly(
+                lambda: _bench.time_interleaved(steps, device, args.warmup, args.repeats),
+                args.quiet_psi, args.quiet_wait_s, args.quiet_retries,
+            )
+            for _ in range(args.runs)
+        ]
+        (times, _), load = runs[0]
         case = dict(batch=batch, seconds=seconds, machine_load=load, variants={})
+        if args.runs > 1:  # each run's medians; the table gives the worst run's ratios
+            case["runs"] = [
+                dict(machine_load=run_load, medians_s={
+                    f"{name}/{step}": _bench.median(run_times[f"{name}/{step}"])
+                    for name in variants for step in ("forward", "greedy")
+                })
+                for (run_times, _), run_load in runs
+            ]
         for name, (key, impl) in variants.items():
             r = {}
             for step in ("forward", "greedy"):

@@ -77,6 +77,28 @@ def test_encoder_infer_times_a_subset_of_encoders(tmp_path):
             encoder_infer.main(tiny + bad)
 
 
+def test_encoder_infer_runs_give_the_worst_ratio(tmp_path):
+    """encoder_infer.py --runs 3: every run's medians are kept and the table gives, per variant,
+    the largest of the runs' ratios to dense; --runs 0 is refused."""
+    import encoder_infer
+    from _report import infer_table
+
+    out = tmp_path / "encoder_infer.json"
+    tiny = [f"--{k}-config={v}" for k, v in TINY.items()]
+    encoder_infer.main(tiny + ["--encoders", "dense,omni", "--impls", "", "--cases", "1x0.5", "--warmup", "0",
+                               "--repeats", "1", "--runs", "3", "--out", str(out)])
+    (case,) = json.loads(out.read_text())["cases"]
+    assert len(case["runs"]) == 3
+    medians = [r["medians_s"] for r in case["runs"]]
+    assert medians[0]["omni/forward"] == case["variants"]["omni"]["forward"]["median_s"]
+    worst = [max(m[f"omni/{s}"] / m[f"dense/{s}"] for m in medians) for s in ("forward", "greedy")]
+    table = infer_table([case]).splitlines()
+    assert "omni forward / greedy (worst of 3 runs)" in table[0]
+    assert table[2].split(" | ")[4] == f"{worst[0]:.2f}x / {worst[1]:.2f}x"
+    with pytest.raises(SystemExit):
+        encoder_infer.main(tiny + ["--runs", "0"])
+
+
 def test_encoder_infer_times_duo_policies(tmp_path):
     """encoder_infer.py --duo-config: one variant per fixed Duo policy, each with the FFN compute
     its policy implies (big 1, small h_s / h, a static pattern the mean of its letters' costs);

@@ -436,3 +436,59 @@ def test_duo_study_script_on_the_tiny_models(duo, tmp_path):
     (tmp_path / "other.json").write_text(json.dumps(other))
     with pytest.raises(SystemExit, match="stage 1 egs2/elsewhere/exp/stage1"):
         duo_report.main(["--json", again, "--shared", str(tmp_path / "other.json"), "--out_md", str(tmp_path / "x.md")])
+
+
+def test_duo_speed_script_on_the_tiny_models(duo, tmp_path, monkeypatch):
+    """duo_speed.py: the trained routers' per-slot mix at each budget's calibrated bias, then the
+    speed study on it (a tiny size): every variant timed in every run, the Duo variants' compute
+    counted, the bounds at their compute, the report's table."""
+    import json
+    import sys
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import duo_speed
+
+    root = tmp_path / "dump"
+    root.mkdir()
+    os.symlink(duo["data"], root / "test_seen")
+    study = tmp_path / "study.json"
+    biases = {"0.5": {"bias": 0.2, "dev_compute": 0.5}, "0.25": {"bias": 1.0, "dev_compute": 0.25}}
+    study.write_text(json.dumps({"stage2": duo["exp2"], "checkpoint": "1epoch.pth", "learned_bias": biases}))
+    mix = str(tmp_path / "mix.json")
+    duo_speed.main(["mix", "--study", str(study), "--data", str(root), "--utts", "3", "--repeats", "1",
+                    "--runs", "2", "--threads", "1", "--out", mix])
+    with open(mix) as f:
+        measured = json.load(f)
+    assert set(measured["mix"]) == {"0.5", "0.25"} and measured["blocks"] == 2 and measured["utts"] == 3
+    for slots in measured["mix"].values():
+        assert len(slots) == NUM_SLOTS and all(abs(sum(p) - 1) < 1e-5 for p in slots.values())
+    assert all(len(t["random_at_mix_over_learned"]) == 2 for t in measured["timing"].values())
+
+    tiny = os.path.join("conf", "tiny", "train_asr_{}.yaml")
+    monkeypatch.setitem(duo_speed.SIZES, "tiny", (tiny.format("conformer"), tiny.format("duo_conformer"), {}))
+    out = str(tmp_path / "duo_speed.json")
+    duo_speed.main(["speed", "--mix", mix, "--sizes", "tiny", "--cases", "1x0.5", "2x0.3", "--warmup", "0",
+                    "--repeats", "1", "--runs", "2", "--threads", "1", "--out", out])
+    with open(out) as f:
+        data = json.load(f)
+    cases = data["sizes"]["tiny"]["cases"]
+    names = {"dense", "bound@1", "bound@0.75", "bound@0.5", "bound@0.25", "bound@0", "big", "small",
+             "static@0.75", "static@0.5", "static@0.25", "learned@0.5", "learned@0.25"}
+    assert [(c["batch"], c["seconds"]) for c in cases] == [(1, 0.5), (2, 0.3)]
+    for case in cases:
+        assert len(case["runs"]) == 2
+        for run in case["runs"]:
+            v = run["variants"]
+            assert set(v) == names and all(len(r["times_s"]) == 1 for r in v.values())
+            assert v["big"]["compute"] == pytest.approx(1.0) and v["small"]["compute"] == pytest.approx(COSTS["small"])
+            # 4 slots: 0.75 keeps 3, 0.5 keeps 2, 0.25 keeps 1 (spread over the depth)
+            assert [v[f"static@{c}"]["compute"] for c in ("0.75", "0.5", "0.25")] == pytest.approx([0.75, 0.5, 0.25])
+            assert 0 <= v["learned@0.5"]["compute"] <= 1
+    assert duo_speed.kept_slots(24, 0.5) == list(range(1, 24, 2)) and duo_speed.kept_slots(4, 0) == []
+    text = (tmp_path / "duo_speed.md").read_text()
+    assert "## tiny" in text and "| static@0.5 | 0.500 |" in text
+    assert len([line for line in text.splitlines() if line.startswith("| learned@0.25 |")]) == 1
+    with pytest.raises(SystemExit):
+        duo_speed.main(["speed", "--mix", mix, "--sizes", "huge", "--out", out])
+    section = "\n".join(duo_speed.summary_section(data))
+    assert section.count("| tiny |") == 2 and "x the bound's time" in section

@@ -160,6 +160,73 @@ def test_activation_in_the_gemm_matches_the_loop(make, fused):
         torch.testing.assert_close(layer(extreme, mask), want_extreme, atol=1e-4, rtol=1e-5, equal_nan=True)
 
 
+def _count(monkeypatch, name):
+    """Count the calls of ``native.<name>`` (after the kernels' own check, which calls them)."""
+    assert native.available(), native.why_not
+    seen = []
+    original = getattr(native, name)
+    monkeypatch.setattr(native, name, lambda *a, **k: seen.append(1) or original(*a, **k))
+    return seen
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("shared", [False, True])
+def test_inference_ffn_is_one_c_call(top_k, padded, shared, monkeypatch):
+    """At CPU inference an MoE FFN (its own router or a shared one) is one C call (native.moe_slot):
+    no PyTorch matmul, sort or separate router call; output and routing record equal the PyTorch
+    path's (autograd recording), zero on padded frames."""
+    torch.manual_seed(0)
+    router = Router(24, 6, top_k=top_k)
+    torch.nn.init.normal_(router.weight)
+    layer = MoEFeedForward(router, Experts(6, 24, 40, torch.nn.SiLU()), own_router=not shared).eval()
+    x = torch.randn(3, 17, 24)
+    mask = torch.arange(17).expand(3, 17) < torch.tensor([[17], [9], [4]]) if padded else None
+    want = layer(x, mask)  # the weights require grad: the PyTorch router and dispatch
+    want_record = layer.last.routing
+    slot, route, experts = (_count(monkeypatch, n) for n in ("moe_slot", "route", "experts"))
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a PyTorch operator of the dispatch ran")
+
+    for name in ("addmm", "mm", "matmul", "sort", "baddbmm"):
+        monkeypatch.setattr(torch, name, forbidden)
+    with torch.inference_mode():
+        got = layer(x, mask)
+    assert (slot, route, experts) == ([1], [], [])
+    torch.testing.assert_close(got, want.detach(), atol=1e-5, rtol=1e-5)
+    record = layer.last.routing
+    assert torch.equal(record.expert, want_record.expert) and record.expert.shape[0] == (mask.sum() if padded else 51)
+    for name in ("gate", "probs", "logits"):
+        torch.testing.assert_close(getattr(record, name), getattr(want_record, name).detach(), atol=1e-5, rtol=1e-5)
+    if padded:
+        assert (got[~mask] == 0).all()
+
+
+@pytest.mark.parametrize("case", ["training", "grad", "noise", "loop", "gelu"])
+def test_where_the_one_call_ffn_does_not_run(case, monkeypatch):
+    """Training mode, autograd recording, RoE's selection noise, an impl other than auto/native and
+    an activation the C GEMM does not apply each keep the separate paths (router, then experts)."""
+    torch.manual_seed(0)
+    act = torch.nn.GELU() if case == "gelu" else torch.nn.ReLU()
+    layer = MoEFeedForward(Router(16, 4), Experts(4, 16, 32, act)).eval()
+    if case == "training":
+        layer.train()
+    elif case == "noise":
+        layer.router.selection_noise = lambda logits: logits
+    elif case == "loop":
+        layer.experts.impl = "loop"
+    slot, experts = _count(monkeypatch, "moe_slot"), _count(monkeypatch, "experts")
+    x = torch.randn(2, 9, 16)
+    if case == "grad":
+        layer(x)
+    else:
+        with torch.no_grad():
+            layer(x)
+    # noise: PyTorch's router, then the experts' native path; gelu: the two calls around PyTorch's GELU
+    assert slot == [] and experts == ([1] if case in ("noise", "gelu") else [])
+
+
 def test_training_mode_dropout_is_not_skipped():
     """Dropout that is active (training mode, p > 0) keeps the activation in PyTorch: with
     p = 1 every hidden unit is dropped and each routed frame gets gate * b2 of its expert."""
@@ -193,3 +260,6 @@ def test_bad_activation_code_is_an_error():
         native.experts(torch.randn(4, 8), None, torch.zeros(4, 1, dtype=torch.long), torch.ones(4, 1),
                        native.pack(w), torch.zeros(2, 16), native.pack(w.transpose(1, 2)), torch.zeros(2, 8),
                        torch.relu, act=3)
+    with pytest.raises(ValueError, match="act must be"):
+        native.moe_slot(torch.randn(4, 8), None, torch.randn(2, 8), 1, native.pack(w), torch.zeros(2, 16),
+                        native.pack(w.transpose(1, 2)), torch.zeros(2, 8), native.ACT_NONE)

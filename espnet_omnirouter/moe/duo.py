@@ -24,14 +24,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import torch
 
 from espnet_omnirouter.moe import native
-from espnet_omnirouter.moe.experts import (
-    NATIVE_MAX_ROWS,
-    _optimizer_steps,
-    _scatter_rows,
-    compute_dtype,
-    onnx_exporting,
-    records_grad,
-)
+from espnet_omnirouter.moe.experts import _optimizer_steps, _scatter_rows, compute_dtype
 from espnet_omnirouter.moe.layer import LayerRouting, MoEFeedForward
 from espnet_omnirouter.moe.losses import expert_fractions
 from espnet_omnirouter.moe.paths import PathExperts
@@ -177,20 +170,7 @@ class DuoFeedForward(MoEFeedForward):
         changed: the same parameters with the same storage and version, no optimizer step since
         (as ``Experts._native_packed``'s copy).  Checked at each call in a few microseconds: at
         batch 1 this check and the C call are all the slot costs besides its GEMMs."""
-        router = self.router
-        if (
-            self.training
-            or flat.device.type != "cpu"
-            or flat.dtype != torch.float32
-            or (flat.shape[0] if index is None else index.shape[0]) > NATIVE_MAX_ROWS
-            or (torch.is_grad_enabled() and (flat.requires_grad or records_grad(self, flat) or router.weight.requires_grad))
-            or router.selection_noise is not None
-            or router.weight.dtype != torch.float32
-            or compute_dtype(flat) != torch.float32
-            or onnx_exporting()
-            or torch.compiler.is_compiling()
-            or not native.available()
-        ):
+        if not self._native_inference(flat, index, 1):
             return None
         cached = self._plan
         if cached is not None and cached[0] == self._plan_key(cached[2]):

@@ -11,7 +11,8 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from espnet_omnirouter.moe.experts import Experts, compute_dtype, onnx_exporting, records_grad
+from espnet_omnirouter.moe import native
+from espnet_omnirouter.moe.experts import NATIVE_MAX_ROWS, Experts, compute_dtype, onnx_exporting, records_grad
 from espnet_omnirouter.moe.router import Router, Routing
 
 
@@ -164,11 +165,53 @@ class MoEFeedForward(nn.Module):
 
     def _run(self, flat: torch.Tensor, index: Optional[torch.Tensor], shape: torch.Size):
         """Route the rows ``index`` of ``flat`` ``[R, d]`` (None: all rows; the flattened
-        ``shape`` frames) and run the experts: ``(routing, out [R, d], dropped)``."""
+        ``shape`` frames) and run the experts: ``(routing, out [R, d], dropped)``.
+
+        For float32 CPU inference with an activation that the C GEMM applies, the router and
+        the experts are one C call (:func:`.native.moe_slot`, the same computation as the
+        router's and ``Experts``' native paths one after the other)."""
+        experts = self.experts
+        if (
+            type(self).route is MoEFeedForward.route  # the router's routing, not a subclass's (Duo)
+            and isinstance(experts, Experts)
+            and experts.impl in ("auto", "native")
+            and experts.w1.dtype == torch.float32
+            and not (experts.dropout.training and experts.dropout.p > 0)
+            and self._native_inference(flat, index, self.router.top_k)
+        ):
+            act = native.activation_code(experts.activation)
+            if act != native.ACT_NONE:
+                w1, w2 = experts._native_packed()
+                out, logits, probs, expert, gate = native.moe_slot(
+                    flat.contiguous(), None if index is None else index.contiguous(), self.router.weight.contiguous(),
+                    self.router.top_k, w1, experts.b1.contiguous(), w2, experts.b2.contiguous(), act,
+                )
+                return Routing(expert, gate, probs, logits), out, expert.new_zeros(())
         frames = flat if index is None else flat.index_select(0, index)
         routing = self.route(frames, index, shape)
         out, dropped = self._dispatch(flat, index, routing)
         return routing, out, dropped
+
+    def _native_inference(self, flat: torch.Tensor, index: Optional[torch.Tensor], per_frame: int) -> bool:
+        """Whether this forward may take a one-call C path (:mod:`.native`): float32 CPU inference
+        in eval mode, no autograd recording, no tracing (torch.compile, ONNX export), the router's
+        float32 weight without selection noise, at most ``NATIVE_MAX_ROWS`` assignments
+        (``per_frame`` per routed frame), the kernels built.  At batch 1 this runs once per FFN
+        and forward: a few microseconds."""
+        router = self.router
+        return not (
+            self.training
+            or onnx_exporting()  # before any test of a shape: traced, sizes are symbols
+            or torch.compiler.is_compiling()
+            or flat.device.type != "cpu"
+            or flat.dtype != torch.float32
+            or (flat.shape[0] if index is None else index.shape[0]) * per_frame > NATIVE_MAX_ROWS
+            or router.selection_noise is not None
+            or router.weight.dtype != torch.float32
+            or (torch.is_grad_enabled() and (records_grad(self, flat) or router.weight.requires_grad))
+            or compute_dtype(flat) != torch.float32
+            or not native.available()
+        )
 
     def route(self, frames: torch.Tensor, index: Optional[torch.Tensor], shape: torch.Size) -> Routing:
         """The routing of the ``[N, d]`` routed ``frames`` (rows ``index`` of the flattened

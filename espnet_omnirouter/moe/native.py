@@ -99,6 +99,8 @@ def _load():
     lib.moe_pack.restype = None
     lib.moe_expert_gemm.argtypes = [_P, _P, _P, _P, _P, _I, _I, _I]
     lib.moe_expert_gemm.restype = None
+    lib.moe_slot.argtypes = [_I64, _I, _I, _I, _I, _I64, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I, _P, _P, _P]
+    lib.moe_slot.restype = _I
     lib.duo_slot.argtypes = [_I64, _I, _I, _I64, _P, _P, _P, _P, _I, _P, _P, _P, _P, _P, _P, _P, _P, _I, _P]
     lib.duo_slot.restype = _I
     return lib
@@ -217,6 +219,33 @@ def experts(flat, index, expert, gate, w1, b1, w2, b2, hidden_fn, act: int = ACT
     return out
 
 
+def moe_slot(flat, index, router_weight, top_k: int, w1, b1, w2, b2, act: int):
+    """An MoE FFN at inference in one call: the router on the routed frames, then :func:`experts`.
+
+    Args:
+        flat: ``[R, d]`` float32, contiguous: all frames.
+        index: ``[n]`` int64, the row of ``flat`` of each routed frame, or None (``n == R``).
+        router_weight: ``[E, d]`` float32, contiguous; ``top_k``: experts per frame.
+        w1, b1, w2, b2: the experts as :func:`experts` takes them.
+        act: ACT_RELU or ACT_SILU, applied by the first GEMM.
+
+    Returns:
+        ``(out, logits, probs, expert, gate)``: ``[R, d]`` float32 (0 on rows not routed), ``[n, E]``
+        float32 twice, ``[n, k]`` int64 and float32, as :func:`route` gives them.
+    """
+    if act not in _ACT_NAMES.values():
+        raise ValueError(f"native.moe_slot: act must be ACT_RELU or ACT_SILU, got {act!r}")
+    n, d, e, h = flat.shape[0] if index is None else index.shape[0], flat.shape[1], b1.shape[0], b1.shape[1]
+    logits, probs = flat.new_empty(n, e), flat.new_empty(n, e)
+    expert, gate = torch.empty(n, top_k, dtype=torch.long), flat.new_empty(n, top_k)
+    out = flat.new_empty(flat.shape[0], d)
+    if _lib.moe_slot(n, top_k, e, d, h, flat.shape[0], _ptr(index), flat.data_ptr(), router_weight.data_ptr(),
+                     logits.data_ptr(), probs.data_ptr(), expert.data_ptr(), gate.data_ptr(), w1.data_ptr(),
+                     b1.data_ptr(), act, w2.data_ptr(), b2.data_ptr(), out.data_ptr()):
+        raise MemoryError(f"native.moe_slot: cannot allocate the buffers of {n} x {top_k} assignments")
+    return out, logits, probs, expert, gate
+
+
 class SlotPaths:
     """The paths of a Duo slot as :func:`duo_slot` takes them: the weights' pointer arrays, built once.
 
@@ -279,7 +308,8 @@ def duo_slot(flat, index, paths: SlotPaths, router_weight=None, shift=None, path
 def _self_check() -> bool:
     """The kernels against PyTorch on small problems: top-1 and top-2, with and without index,
     widths with full 16-column tiles and a remainder, slices of more and fewer than 6 rows,
-    the activation applied by PyTorch and by the GEMM (relu, silu); a Duo slot routed with a
+    the activation applied by PyTorch and by the GEMM (relu, silu); the fused MoE FFN over
+    padding; a Duo slot routed with a
     cost shift, over padding, and with one path for all frames."""
     gen = torch.Generator().manual_seed(0)
     n, d, h, e = 37, 20, 40, 4
@@ -299,6 +329,12 @@ def _self_check() -> bool:
         want = y if index is None else torch.zeros_like(x).index_add_(0, index, y)
         got = experts(x, index, ex, g, pack(w1), b1, pack(w2), b2, fn, act)
         ok = ok and torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+    # The fused MoE FFN (router and experts in one call) over padding, top-2.
+    index = torch.arange(1, n, 2)
+    got, _, got_probs, got_expert, _ = moe_slot(x, index, w, 2, pack(w1), b1, pack(w2), b2, ACT_SILU)
+    _, probs, ex, g = route(x[index].contiguous(), w, 2)
+    want = experts(x, index, ex, g, pack(w1), b1, pack(w2), b2, None, ACT_SILU)
+    ok = ok and torch.equal(got_expert, ex) and torch.allclose(got_probs, probs) and torch.allclose(got, want)
     # A Duo slot: paths of widths 40 and 7 and a skip, routed frames every other row, the router
     # with a cost shift; then every frame on the small path (one path, no index: direct).
     duo = [(pack(w1[:1]), b1[:1].contiguous(), pack(w2[:1]), b2[:1].contiguous()),

@@ -243,12 +243,13 @@ int moe_supported(void) {
 }
 
 /* Router: logits = x w^T, probs = softmax(logits), the k most probable experts (best first,
- * lower index first on ties) and their probabilities as gates. */
-void moe_route(const float *x, const float *w, int64_t n, int d, int e, int k, float *logits, float *probs,
-               int64_t *expert, float *gate) {
+ * lower index first on ties) and their probabilities as gates; frame t is row index[t] of x
+ * (row t when index is NULL). */
+static void route_rows(const float *x, const int64_t *index, const float *w, int64_t n, int d, int e, int k,
+                       float *logits, float *probs, int64_t *expert, float *gate) {
     for (int64_t t = 0; t < n; t++) {
         float *l = logits + t * e, *p = probs + t * e;
-        logits_row(x + t * d, w, d, e, l);
+        logits_row(x + (index ? index[t] : t) * d, w, d, e, l);
         softmax_row(l, e, p);
         for (int j = 0; j < k; j++) {
             int best = -1;
@@ -261,6 +262,11 @@ void moe_route(const float *x, const float *w, int64_t n, int d, int e, int k, f
             gate[t * k + j] = p[best];
         }
     }
+}
+
+void moe_route(const float *x, const float *w, int64_t n, int d, int e, int k, float *logits, float *probs,
+               int64_t *expert, float *gate) {
+    route_rows(x, NULL, w, n, d, e, k, logits, probs, expert, gate);
 }
 
 /* First half of the experts: sort the n * k assignments by expert (stable), gather each one's
@@ -324,6 +330,25 @@ int moe_experts(int64_t n, int k, int e, int d, int h, int64_t rows, const int64
     if (moe_experts_in(n, k, e, d, h, expert, index, flat, w1, b1, act, xs, hidden, order, ends)) return -1;
     moe_experts_out(n, k, e, d, h, rows, order, ends, index, hidden, w2, b2, gate, xs, out);
     return 0;
+}
+
+/* An MoE FFN at inference in one call: route_rows on the n routed frames (row index[t] of flat
+ * [rows, d], row t when index is NULL; router weight wr [e, d]) writes logits, probs [n, e],
+ * expert and gate [n, k]; then moe_experts with its buffers allocated here (act != ACT_NONE).
+ * Returns -2 if the buffers cannot be allocated, else 0. */
+int moe_slot(int64_t n, int k, int e, int d, int h, int64_t rows, const int64_t *index, const float *flat,
+             const float *wr, float *logits, float *probs, int64_t *expert, float *gate, const float *w1,
+             const float *b1, int act, const float *w2, const float *b2, float *out) {
+    route_rows(flat, index, wr, n, d, e, k, logits, probs, expert, gate);
+    int64_t m = n * k;
+    float *xs = malloc(sizeof(float) * (m ? m : 1) * d), *hidden = malloc(sizeof(float) * (m ? m : 1) * h);
+    int64_t *order = malloc(sizeof(int64_t) * (m ? m : 1));
+    int32_t *ends = malloc(sizeof(int32_t) * e);
+    int failed = !xs || !hidden || !order || !ends ? -2 : 0;
+    if (!failed)
+        moe_experts(n, k, e, d, h, rows, expert, index, flat, w1, b1, act, w2, b2, gate, xs, hidden, order, ends, out);
+    free(xs), free(hidden), free(order), free(ends);
+    return failed;
 }
 
 /* A Duo slot at inference (gate 1): each of the n routed frames takes one of p paths, path q an FFN of
