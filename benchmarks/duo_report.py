@@ -16,7 +16,8 @@ import statistics
 import sys
 from typing import Dict, List, Optional
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
 from _report import checkout_relative  # noqa: E402
 
 OOD = ["test_unseen_voice", "test_noisy", "test_tempo", "test_real"]
@@ -186,18 +187,23 @@ def main(argv=None):
             quality = json.load(f)
         seed = "0"
         dense = quality["runs"].get(seed, {}).get("dense")
-        scores = read_scores(data["stage1"], args.stage1_decode_tag)
-        if dense and scores:
-            lines += ["## Stage 1 all-big against the dense Conformer (beam search, same decoding as quality.md)", ""]
-            lines += [f"Dense: quality.md's seed-{seed} run (`{dense['exp']}`, `{dense['decode_tag']}`); Duo: "
-                      f"`{args.stage1_decode_tag}`, same seed, schedule and size.", ""]
-            lines += ["| model | " + " | ".join(sets) + " | OOD avg |", "|---|" + "---|" * (len(sets) + 1)]
-            for name, wers in (("Dense Conformer", dense["wer"]),
-                               ("Duo stage 1, all big", {s: scores[s]["wer"] for s in scores if "wer" in scores[s]})):
-                vals = [wers.get(s) for s in sets]
-                o = mean([wers.get(s) for s in ood]) if all(wers.get(s) is not None for s in ood) else None
-                lines.append(f"| {name} | " + " | ".join(fmt(v) for v in vals) + f" | {fmt(o)} |")
-            lines.append("")
+        stage1 = os.path.join(os.path.dirname(HERE), data["stage1"])  # duo.py writes it relative to the checkout
+        scores = read_scores(stage1, args.stage1_decode_tag)
+        if not dense:
+            raise SystemExit(f"--quality {args.quality}: no dense run of seed {seed}")
+        if not scores:
+            raise SystemExit(f"--stage1_decode_tag {args.stage1_decode_tag}: no <set>/score_wer/summary.json "
+                             f"under {os.path.join(stage1, args.stage1_decode_tag)}")
+        lines += ["## Stage 1 all-big against the dense Conformer (beam search, same decoding as quality.md)", ""]
+        lines += [f"Dense: quality.md's seed-{seed} run (`{dense['exp']}`, `{dense['decode_tag']}`); Duo: "
+                  f"`{args.stage1_decode_tag}`, same seed, schedule and size.", ""]
+        lines += ["| model | " + " | ".join(sets) + " | OOD avg |", "|---|" + "---|" * (len(sets) + 1)]
+        for name, wers in (("Dense Conformer", dense["wer"]),
+                           ("Duo stage 1, all big", {s: scores[s]["wer"] for s in scores if "wer" in scores[s]})):
+            vals = [wers.get(s) for s in sets]
+            o = mean([wers.get(s) for s in ood]) if all(wers.get(s) is not None for s in ood) else None
+            lines.append(f"| {name} | " + " | ".join(fmt(v) for v in vals) + f" | {fmt(o)} |")
+        lines.append("")
 
     lines += ["## WER (%) against compute", ""]
     lines += ["| policy | compute | " + " | ".join(sets) + " | OOD avg | RTF | speed-up vs all big"

@@ -368,7 +368,7 @@ def test_ddp_steps_keep_the_ranks_identical(ddp_results, routing):
 # The study script (benchmarks/duo.py and duo_report.py) on the tiny models
 
 
-def test_duo_study_script_on_the_tiny_models(duo, tmp_path):
+def test_duo_study_script_on_the_tiny_models(duo, tmp_path, monkeypatch):
     import json
     import sys
 
@@ -436,6 +436,23 @@ def test_duo_study_script_on_the_tiny_models(duo, tmp_path):
     (tmp_path / "other.json").write_text(json.dumps(other))
     with pytest.raises(SystemExit, match="stage 1 egs2/elsewhere/exp/stage1"):
         duo_report.main(["--json", again, "--shared", str(tmp_path / "other.json"), "--out_md", str(tmp_path / "x.md")])
+
+    # the stage-1 beam-search comparison: its scores are found from any directory, or the report stops
+    scored = os.path.join(duo["exp1"], "decode_beam", "test_seen", "score_wer")
+    os.makedirs(scored, exist_ok=True)
+    with open(os.path.join(scored, "summary.json"), "w") as f:
+        json.dump({"Err": 12.5, "Snt": 3, "Wrd": 8}, f)
+    quality = tmp_path / "quality.json"
+    quality.write_text(json.dumps({"runs": {"0": {"dense": {"exp": "exp/dense", "decode_tag": "decode",
+                                                            "wer": {"test_seen": 10.0}}}}}))
+    monkeypatch.chdir(tmp_path)
+    duo_report.main(["--json", again, "--quality", str(quality), "--stage1_decode_tag", "decode_beam",
+                     "--out_md", str(tmp_path / "beam.md")])
+    rows = [line for line in (tmp_path / "beam.md").read_text().splitlines() if line.startswith("| Duo stage 1")]
+    assert len(rows) == 1 and "| 12.50 |" in rows[0]
+    with pytest.raises(SystemExit, match="--stage1_decode_tag decode_greedy: no <set>/score_wer/summary.json"):
+        duo_report.main(["--json", again, "--quality", str(quality), "--stage1_decode_tag", "decode_greedy",
+                         "--out_md", str(tmp_path / "x.md")])
 
 
 def test_duo_speed_script_on_the_tiny_models(duo, tmp_path, monkeypatch):
