@@ -509,3 +509,6 @@ def test_duo_speed_script_on_the_tiny_models(duo, tmp_path, monkeypatch):
         duo_speed.main(["speed", "--mix", mix, "--sizes", "huge", "--out", out])
     section = "\n".join(duo_speed.summary_section(data))
     assert section.count("| tiny |") == 2 and "x the bound's time" in section
+    twice = [r["variants"]["bound@1"]["median_s"] / r["variants"]["dense"]["median_s"] for r in cases[0]["runs"]]
+    noise = max(max(twice), 1 / min(twice))
+    assert "| tiny | 1 x 0.5 | " in section and f" ms | {noise:.2f}x | " in section
