@@ -180,7 +180,7 @@ class DuoFeedForward(MoEFeedForward):
                    for p in range(self.experts.num_experts)]
         if any(e is not None and (e.impl not in ("auto", "native") or e.w1.dtype != torch.float32) for e in experts):
             return None
-        act = native.activation_code(next(e for e in experts if e is not None).activation)
+        act = next(e for e in experts if e is not None).native_act()
         if act == native.ACT_NONE:
             return None
         weights = []

@@ -415,14 +415,18 @@ class Experts(nn.Module):
             ``[R, d]`` float32, zero on rows not routed.
         """
         w1, w2 = self._native_packed()
-        # The C GEMM applies the activation itself when it knows it and dropout is the identity.
-        act = native.activation_code(self.activation)
-        if self.dropout.training and self.dropout.p > 0:
-            act = native.ACT_NONE
+        act = self.native_act()
         return native.experts(
             flat.contiguous(), None if index is None else index.contiguous(), expert.contiguous(),
             gate.float().contiguous(), w1, self.b1.contiguous(), w2, self.b2.contiguous(), self._hidden, act,
         )
+
+    def native_act(self) -> int:
+        """The ``native.ACT_*`` code of the activation the C GEMM applies itself: the activation's
+        when the C code knows it and dropout is the identity, else ``ACT_NONE`` (it runs in PyTorch)."""
+        if self.dropout.training and self.dropout.p > 0:
+            return native.ACT_NONE
+        return native.activation_code(self.activation)
 
     def _native_packed(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """``w1`` and ``w2`` in the native GEMM's layout (:func:`.native.pack`): a copy of the

@@ -176,10 +176,9 @@ class MoEFeedForward(nn.Module):
             and isinstance(experts, Experts)
             and experts.impl in ("auto", "native")
             and experts.w1.dtype == torch.float32
-            and not (experts.dropout.training and experts.dropout.p > 0)
             and self._native_inference(flat, index, self.router.top_k)
         ):
-            act = native.activation_code(experts.activation)
+            act = experts.native_act()
             if act != native.ACT_NONE:
                 w1, w2 = experts._native_packed()
                 out, logits, probs, expert, gate = native.moe_slot(

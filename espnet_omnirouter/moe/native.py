@@ -309,8 +309,7 @@ def _self_check() -> bool:
     """The kernels against PyTorch on small problems: top-1 and top-2, with and without index,
     widths with full 16-column tiles and a remainder, slices of more and fewer than 6 rows,
     the activation applied by PyTorch and by the GEMM (relu, silu); the fused MoE FFN over
-    padding; a Duo slot routed with a
-    cost shift, over padding, and with one path for all frames."""
+    padding; a Duo slot routed with a cost shift, over padding, and with one path for all frames."""
     gen = torch.Generator().manual_seed(0)
     n, d, h, e = 37, 20, 40, 4
     x, w = torch.randn(n, d, generator=gen), torch.randn(e, d, generator=gen)
